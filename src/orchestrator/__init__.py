@@ -1,0 +1,39 @@
+"""Coordinate multi-step async work: actions with hooks, retries, timeouts and a shared context."""
+
+from ._action import Action
+from ._errors import ActionTimeout, OutsideRunError, ParallelError
+from ._events import (
+    ProcessBeginEvent,
+    ProcessCompletionEvent,
+    ProcessErrorEvent,
+    TaskBeginEvent,
+    TaskCompletionEvent,
+    TaskErrorEvent,
+    TaskRetryEvent,
+)
+from ._orchestrator import ActionDecorator, Hook, Orchestrator
+from ._parallel import Parallel
+from ._retry import RetryOn, RetryPolicy, set_testing
+from ._state import State
+
+__all__ = [
+    "Action",
+    "ActionDecorator",
+    "ActionTimeout",
+    "Hook",
+    "Orchestrator",
+    "OutsideRunError",
+    "Parallel",
+    "ParallelError",
+    "ProcessBeginEvent",
+    "ProcessCompletionEvent",
+    "ProcessErrorEvent",
+    "RetryOn",
+    "RetryPolicy",
+    "State",
+    "TaskBeginEvent",
+    "TaskCompletionEvent",
+    "TaskErrorEvent",
+    "TaskRetryEvent",
+    "set_testing",
+]

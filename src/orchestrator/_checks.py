@@ -1,0 +1,62 @@
+"""Argument checks shared by the public entry points.
+
+Each check raises at the point of definition, naming the parameter, the value received and
+what is expected, so that a mistake surfaces where it was made rather than deep in a run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def seconds(
+    name: str, value: object, *, allow_zero: bool, allow_none: bool = False
+) -> float | None:
+    """Return ``value`` as a float number of seconds, or raise.
+
+    Raises:
+        TypeError: ``value`` is not a real number (``bool`` is refused too).
+        ValueError: ``value`` is negative, NaN, infinite, or zero where zero is not allowed.
+
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        expected = "a number of seconds" + (" or None" if allow_none else "")
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    number = float(value)
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if number < 0 or (number == 0 and not allow_zero):
+        bound = "zero or more" if allow_zero else "greater than zero"
+        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+    return number
+
+
+def count(name: str, value: object, *, minimum: int) -> int:
+    """Return ``value`` as an int of at least ``minimum``, or raise.
+
+    Raises:
+        TypeError: ``value`` is not an int (``bool`` is refused too).
+        ValueError: ``value`` is below ``minimum``.
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {minimum} or more, got {value!r}")
+    return value
+
+
+def flag(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, or raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def callable_(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {value!r} of type {type(value).__name__}")

@@ -1,0 +1,371 @@
+"""Orchestrator: hooks, state defaults, and the action()/parallel()/map()/run() entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, cast, overload
+
+from . import _checks
+from ._action import Action
+from ._errors import OutsideRunError
+from ._events import (
+    ProcessBeginEvent,
+    ProcessCompletionEvent,
+    ProcessErrorEvent,
+    TaskBeginEvent,
+    TaskCompletionEvent,
+    TaskErrorEvent,
+    TaskRetryEvent,
+)
+from ._hooks import Hooks
+from ._parallel import Parallel, check_options, gather, require_run
+from ._retry import RetryPolicy
+from ._run import Frame, Run, execute
+from ._state import State, assign, new_context
+
+C = TypeVar("C")
+E = TypeVar("E")
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+Hook = Callable[[E], object]
+"""A hook: a sync or async callable taking one event. What it returns is ignored."""
+
+
+class ActionDecorator(Protocol):
+    """What ``Orchestrator.action(name=..., ...)`` returns: apply it to a function."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Action[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Action[P, R]: ...
+
+
+class Orchestrator(Generic[C]):
+    """Coordinates the actions, hooks and shared context of runs.
+
+    ``Orchestrator()`` gives each run a fresh :class:`State`. ``Orchestrator(ProcessContext)``
+    takes a class or zero-argument factory and gives each run a fresh instance of it instead;
+    type checkers then see ``Orchestrator[ProcessContext]``.
+
+    Raises:
+        TypeError: ``context`` is not callable, or cannot be called without arguments.
+
+    """
+
+    @overload
+    def __init__(self: Orchestrator[State], context: None = None) -> None: ...
+    @overload
+    def __init__(self, context: Callable[[], C]) -> None: ...
+    def __init__(self, context: Callable[[], Any] | None = None) -> None:
+        if context is None:
+            context = State
+        else:
+            _checks.callable_("context", context)
+            _require_zero_arguments(context)
+        self._factory: Callable[[], Any] = context
+        self._defaults: dict[str, Any] = {}
+        self._hooks = Hooks()
+        # One variable per orchestrator, so that runs of different orchestrators nest freely.
+        self._frames: ContextVar[Frame] = ContextVar(f"orchestrator-{id(self):x}")
+
+    def __repr__(self) -> str:
+        return f"<Orchestrator context={getattr(self._factory, '__name__', self._factory)!s}>"
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def on_process_begin(self, hook: Hook[ProcessBeginEvent[C]]) -> Self:
+        """Call ``hook`` when a run starts, before its body. Returns the orchestrator.
+
+        If the hook raises, the body is not called and the run fails with that exception.
+        """
+        self._hooks.add("process_begin", hook)
+        return self
+
+    def on_process_error(self, hook: Hook[ProcessErrorEvent[C]]) -> Self:
+        """Call ``hook`` when a run fails, just before process completion."""
+        self._hooks.add("process_error", hook)
+        return self
+
+    def on_process_completion(self, hook: Hook[ProcessCompletionEvent[C]]) -> Self:
+        """Call ``hook`` last in every run, whether it succeeded, failed or was cancelled."""
+        self._hooks.add("process_completion", hook)
+        return self
+
+    def on_task_begin(self, hook: Hook[TaskBeginEvent[C]]) -> Self:
+        """Call ``hook`` when an action call starts, before its first attempt.
+
+        If the hook raises, no attempt is made and the call fails with that exception.
+        """
+        self._hooks.add("task_begin", hook)
+        return self
+
+    def on_task_retry(self, hook: Hook[TaskRetryEvent[C]]) -> Self:
+        """Call ``hook`` when an attempt failed and a retry is scheduled, before the wait."""
+        self._hooks.add("task_retry", hook)
+        return self
+
+    def on_task_error(self, hook: Hook[TaskErrorEvent[C]]) -> Self:
+        """Call ``hook`` when an action call fails, just before task completion."""
+        self._hooks.add("task_error", hook)
+        return self
+
+    def on_task_completion(self, hook: Hook[TaskCompletionEvent[C]]) -> Self:
+        """Call ``hook`` once at the end of every action call that began, however it ended."""
+        self._hooks.add("task_completion", hook)
+        return self
+
+    # State -------------------------------------------------------------------------------
+
+    def set_state(self, key: str, value: Any) -> Self:
+        """Set ``key`` to ``value`` in the context. Returns the orchestrator.
+
+        Inside a run, it sets the key on that run's context. Outside, it sets a default that
+        each later run's context receives as a deep copy of ``value``, so that a mutable value
+        such as ``[]`` is never shared between runs.
+
+        Raises:
+            TypeError: ``key`` is not a str, or (outside a run) ``value`` cannot be deep-copied.
+
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"key must be a str, got {key!r}")
+        frame = self._frames.get(None)
+        if frame is not None:
+            assign(frame[0].context, key, value)
+            return self
+        try:
+            copy.deepcopy(value)
+        except Exception as exc:
+            raise TypeError(
+                f"the default for {key!r} cannot be deep-copied ({exc}); each run needs its own "
+                "copy, so create such a value in an on_process_begin hook instead"
+            ) from exc
+        self._defaults[key] = value
+        return self
+
+    def get_state(self) -> C:
+        """The context of the current run, from its body, its actions or its hooks.
+
+        Raises:
+            OutsideRunError: No run of this orchestrator is in progress here.
+
+        """
+        frame = self._frames.get(None)
+        if frame is None:
+            raise OutsideRunError(
+                "get_state() was called outside a run of this orchestrator; call it from the "
+                "run body, an action or a hook"
+            )
+        return cast(C, frame[0].context)
+
+    # Actions -----------------------------------------------------------------------------
+
+    @overload
+    def action(
+        self,
+        fn: Callable[P, Awaitable[R]],
+        /,
+        *,
+        name: str | None = None,
+        retry: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Action[P, R]: ...
+    @overload
+    def action(
+        self,
+        fn: Callable[P, R],
+        /,
+        *,
+        name: str | None = None,
+        retry: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Action[P, R]: ...
+    @overload
+    def action(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> ActionDecorator: ...
+    def action(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: int | RetryPolicy | None = None,
+        timeout: float | None = None,
+        inline: bool = False,
+    ) -> Action[Any, Any] | ActionDecorator:
+        """Make ``fn`` an action of this orchestrator; also a decorator, with or without options.
+
+        Args:
+            fn: A sync or async function (or any callable).
+            name: The name events carry; by default the function's ``__name__``.
+            retry: A number of retries after the first attempt, a :class:`RetryPolicy`, or None.
+            timeout: The time limit of each attempt in seconds, or None for none.
+            inline: Run a sync function on the event loop's thread instead of a worker thread.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or an option has the wrong type.
+            ValueError: An option is out of range, or ``inline`` is combined with a timeout or
+                an async function.
+
+        """
+        options: dict[str, Any] = {
+            "name": name,
+            "retry": retry,
+            "timeout": timeout,
+            "inline": inline,
+        }
+        if fn is None:
+            # Validate the options now, where the decorator is written, not when it is applied.
+            Action(_placeholder, frames=self._frames, hooks=self._hooks, **options)
+            return cast(ActionDecorator, lambda f: self.action(f, **options))
+        return Action(fn, frames=self._frames, hooks=self._hooks, **options)
+
+    # Running -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        body: Callable[..., Awaitable[R] | R],
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Run ``body(*args, **kwargs)`` as one run, with a fresh context and the process hooks.
+
+        ``body`` may be an async function, an action, or a sync function (called inline); if
+        calling it returns an awaitable, that is awaited. Returns what it returns and raises what
+        it raises, after the completion hooks ran.
+
+        Raises:
+            TypeError: ``body`` is not callable or ``run_id`` not a str.
+            ValueError: ``run_id`` is empty.
+
+        """
+        _checks.callable_("body", body)
+        if run_id is None:
+            run_id = uuid.uuid4().hex
+        elif not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, got {run_id!r}")
+        elif not run_id:
+            raise ValueError("run_id must not be empty")
+        run = Run(run_id, new_context(self._factory, self._defaults))
+        return cast(R, await execute(self._frames, self._hooks, run, body, args, kwargs))
+
+    def run_sync(
+        self,
+        body: Callable[..., Awaitable[R] | R],
+        /,
+        *args: Any,
+        run_id: str | None = None,
+        **kwargs: Any,
+    ) -> R:
+        """Like :meth:`run`, from synchronous code: start an event loop, run, and close it.
+
+        Raises:
+            RuntimeError: Called where an event loop is already running; use
+                ``await orchestrator.run(...)`` there.
+
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "run_sync() was called inside a running event loop; "
+                "use `await orchestrator.run(...)` there instead"
+            )
+        return asyncio.run(self.run(body, *args, run_id=run_id, **kwargs))
+
+    # Many at once ------------------------------------------------------------------------
+
+    def parallel(
+        self,
+        actions: Iterable[Callable[..., Any]],
+        /,
+        *,
+        fail_fast: bool = False,
+        concurrency: int | None = None,
+    ) -> Parallel:
+        """Group ``actions`` to run at the same time; await the returned group to run them.
+
+        Members are actions or other callables (called, and awaited if they return an
+        awaitable). See :class:`Parallel` for how arguments are handed out.
+
+        Raises:
+            TypeError: ``actions`` is not iterable, a member is not callable, or an option has
+                the wrong type.
+            ValueError: ``concurrency`` is below 1.
+
+        """
+        if isinstance(actions, str | bytes) or not isinstance(actions, Iterable):
+            raise TypeError(f"actions must be a list of actions, got {actions!r}")
+        members = list(actions)
+        for index, member in enumerate(members):
+            _checks.callable_(f"actions[{index}]", member)
+        limit = check_options(fail_fast, concurrency)
+        return Parallel(self._frames, members, fail_fast=fail_fast, concurrency=limit)
+
+    async def map(
+        self,
+        action: Callable[[T], Awaitable[R]],
+        items: Iterable[T],
+        /,
+        *,
+        concurrency: int | None = None,
+        fail_fast: bool = False,
+    ) -> list[R]:
+        """Call ``action(item)`` for every item, at the same time; results in the items' order.
+
+        Failures follow the rules of :meth:`parallel`. With ``concurrency``, items start in
+        order as earlier ones finish; with ``fail_fast``, items not yet started never start.
+
+        Raises:
+            TypeError: ``action`` is not callable, ``items`` not iterable, or an option has the
+                wrong type.
+            ValueError: ``concurrency`` is below 1.
+            OutsideRunError: No run of this orchestrator is in progress here.
+
+        """
+        _checks.callable_("action", action)
+        if not isinstance(items, Iterable):
+            raise TypeError(f"items must be iterable, got {items!r}")
+        limit = check_options(fail_fast, concurrency)
+        require_run(self._frames, "map()")
+        values: Sequence[T] = items if isinstance(items, list | tuple) else list(items)
+        return await gather(len(values), lambda i: action(values[i]), fail_fast, limit, "map items")
+
+
+def _placeholder() -> None:
+    """Stands in for the function when ``action()`` options are checked before decoration."""
+
+
+def _require_zero_arguments(factory: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return  # Some builtins have no signature to check; calling them will tell.
+    try:
+        signature.bind()
+    except TypeError:
+        raise TypeError(
+            f"context must be a class or factory callable without arguments, got {factory!r} "
+            f"with signature {signature}"
+        ) from None
