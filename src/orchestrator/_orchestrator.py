@@ -239,14 +239,22 @@ class Orchestrator(Generic[C]):
 
     # Running -----------------------------------------------------------------------------
 
+    @overload
     async def run(
         self,
-        body: Callable[..., Awaitable[R] | R],
+        body: Callable[..., Awaitable[R]],
         /,
         *args: Any,
         run_id: str | None = None,
         **kwargs: Any,
-    ) -> R:
+    ) -> R: ...
+    @overload
+    async def run(
+        self, body: Callable[..., R], /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> R: ...
+    async def run(
+        self, body: Callable[..., Any], /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> Any:
         """Run ``body(*args, **kwargs)`` as one run, with a fresh context and the process hooks.
 
         ``body`` may be an async function, an action, or a sync function (called inline); if
@@ -266,16 +274,24 @@ class Orchestrator(Generic[C]):
         elif not run_id:
             raise ValueError("run_id must not be empty")
         run = Run(run_id, new_context(self._factory, self._defaults))
-        return cast(R, await execute(self._frames, self._hooks, run, body, args, kwargs))
+        return await execute(self._frames, self._hooks, run, body, args, kwargs)
 
+    @overload
     def run_sync(
         self,
-        body: Callable[..., Awaitable[R] | R],
+        body: Callable[..., Awaitable[R]],
         /,
         *args: Any,
         run_id: str | None = None,
         **kwargs: Any,
-    ) -> R:
+    ) -> R: ...
+    @overload
+    def run_sync(
+        self, body: Callable[..., R], /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> R: ...
+    def run_sync(
+        self, body: Callable[..., Any], /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> Any:
         """Like :meth:`run`, from synchronous code: start an event loop, run, and close it.
 
         Raises:

@@ -1,0 +1,226 @@
+"""The scenarios behind ``python -m orchestrator demo``, against in-process fake services."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import reprlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ._errors import ActionTimeout
+from ._events import (
+    ProcessBeginEvent,
+    ProcessCompletionEvent,
+    ProcessErrorEvent,
+    TaskBeginEvent,
+    TaskCompletionEvent,
+    TaskErrorEvent,
+    TaskRetryEvent,
+)
+from ._orchestrator import Orchestrator
+from ._retry import RetryPolicy
+
+C = TypeVar("C")
+Write = Callable[[str], None]
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+
+
+def _short(value: object) -> str:
+    return _repr.repr(value)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    return f"{type(error).__name__}: {error}"
+
+
+def show_hooks(orchestrator: Orchestrator[C], write: Write) -> Orchestrator[C]:
+    """Register hooks that print every lifecycle event as it fires."""
+
+    def call(event: TaskBeginEvent[C]) -> str:
+        args = ", ".join(
+            [*map(_short, event.args), *(f"{k}={_short(v)}" for k, v in event.kwargs.items())]
+        )
+        return f"{event.name}({args})"
+
+    def process_begin(event: ProcessBeginEvent[C]) -> None:
+        write(f"  {'process begin':18} run {event.run_id[:8]} at {event.time:%H:%M:%S.%f} UTC")
+
+    def task_begin(event: TaskBeginEvent[C]) -> None:
+        parent = "" if event.parent_id is None else f" (inside #{event.parent_id})"
+        write(f"  {'task begin':18} #{event.task_id} {call(event)}{parent}")
+
+    def task_retry(event: TaskRetryEvent[C]) -> None:
+        write(
+            f"  {'task retry':18} #{event.task_id} {event.name}: attempt {event.attempt} failed "
+            f"({_describe(event.error)}); next in {event.delay:.2f} s"
+        )
+
+    def task_error(event: TaskErrorEvent[C]) -> None:
+        write(f"  {'task error':18} #{event.task_id} {event.name}: {_describe(event.error)}")
+
+    def task_completion(event: TaskCompletionEvent[C]) -> None:
+        outcome = f"-> {_short(event.result)}" if event.error is None else _describe(event.error)
+        write(
+            f"  {'task completion':18} #{event.task_id} {event.name} {outcome} "
+            f"[{event.attempts} attempt(s), {event.duration:.1f} ms]"
+        )
+
+    def process_error(event: ProcessErrorEvent[C]) -> None:
+        write(f"  {'process error':18} {_describe(event.error)}")
+
+    def process_completion(event: ProcessCompletionEvent[C]) -> None:
+        outcome = "ok" if event.error is None else "failed"
+        write(f"  {'process completion':18} {outcome} in {event.total_duration:.1f} ms")
+
+    return (
+        orchestrator.on_process_begin(process_begin)
+        .on_task_begin(task_begin)
+        .on_task_retry(task_retry)
+        .on_task_error(task_error)
+        .on_task_completion(task_completion)
+        .on_process_error(process_error)
+        .on_process_completion(process_completion)
+    )
+
+
+async def inventory(write: Write) -> None:
+    """Check stock for a SKU and notify the team when it is low."""
+    stock = {"ABC123": 0, "XYZ789": 12}
+    orchestrator = show_hooks(Orchestrator(), write)
+
+    @orchestrator.action
+    async def check_inventory(sku: str) -> dict[str, Any]:
+        await asyncio.sleep(0.02)  # the stock database
+        return {"sku": sku, "in_stock": stock[sku] > 0}
+
+    @orchestrator.action
+    def notify_team(sku: str) -> bool:
+        time.sleep(0.02)  # a blocking chat client: runs in a worker thread
+        write(f"    (team notified about low stock of {sku})")
+        return True
+
+    async def main(sku: str) -> None:
+        result = await check_inventory(sku)
+        if not result["in_stock"]:
+            await notify_team(sku)
+
+    await orchestrator.run(main, "ABC123")
+
+
+async def profile_and_shipping(write: Write) -> None:
+    """Fetch a profile and shipping options at the same time, then again with a failure."""
+    orchestrator = show_hooks(Orchestrator(), write)
+    shipping_down = False
+
+    @orchestrator.action
+    async def get_user_profile(user_id: str) -> dict[str, str]:
+        await asyncio.sleep(0.15)  # the user service
+        return {"user_id": user_id, "name": "Alice"}
+
+    @orchestrator.action
+    async def get_shipping_options(destination: str) -> list[str]:
+        await asyncio.sleep(0.05)  # the shipping provider
+        if shipping_down:
+            raise ConnectionError(f"shipping provider has no route to {destination}")
+        return ["Standard", "Express", "Overnight"]
+
+    both = orchestrator.parallel([get_user_profile, get_shipping_options])
+    profile, methods = await orchestrator.run(both, "user42", "USA")
+    write(f"    results: {profile} {methods}")
+
+    write("  ...and again with the shipping provider down, under fail_fast=True:")
+    shipping_down = True
+    fail_fast = orchestrator.parallel([get_user_profile, get_shipping_options], fail_fast=True)
+    try:
+        await orchestrator.run(fail_fast, "user42", "USA")
+    except ConnectionError as exc:
+        write(
+            f"    the run raised {_describe(exc)}; "
+            "the profile fetch was cancelled and had ended before"
+        )
+
+
+@dataclass
+class ProcessContext:
+    """The typed context of the API scenario."""
+
+    request_count: int = 0
+    errors: list[Exception] = field(default_factory=list)
+    api_key: str | None = None
+    session_data: dict[str, Any] | None = None
+
+
+async def api_integration(write: Write) -> None:
+    """Authenticate, fetch with a flaky service that a retry rescues, update with a timeout."""
+    orchestrator = show_hooks(Orchestrator(ProcessContext), write)
+    flaky = itertools.count(1)
+
+    async def fetch_api_key() -> str:
+        await asyncio.sleep(0.01)
+        return "key-7f3a"
+
+    async def begin(event: ProcessBeginEvent[ProcessContext]) -> None:
+        event.context.api_key = await fetch_api_key()
+        write("    (API key fetched)")
+
+    def count_request(event: TaskBeginEvent[ProcessContext]) -> None:
+        event.context.request_count += 1
+
+    def log_metrics(event: ProcessCompletionEvent[ProcessContext]) -> None:
+        context = event.context
+        write(f"    (metrics: {context.request_count} requests, {len(context.errors)} errors)")
+        context.api_key = None  # the key never outlives the run
+        write("    (API key cleared)")
+
+    orchestrator.on_process_begin(begin).on_task_begin(count_request)
+    orchestrator.on_process_completion(log_metrics)
+
+    @orchestrator.action(retry=RetryPolicy(retries=3, delay=0.1, jitter=0.1))
+    async def fetch_user_data(user_id: str) -> dict[str, Any]:
+        context = orchestrator.get_state()
+        await asyncio.sleep(0.02)
+        if next(flaky) == 1:
+            error = ConnectionError("user service reset the connection")
+            context.errors.append(error)
+            raise error
+        return {"user_id": user_id, "name": "Alice", "authorized_with": context.api_key}
+
+    @orchestrator.action(timeout=0.2)
+    async def update_profile(user_id: str, data: dict[str, Any]) -> int:
+        orchestrator.get_state().session_data = {"last_update": time.time()}
+        await asyncio.sleep(10)  # the profile service hangs
+        return 200
+
+    async def main() -> None:
+        try:
+            user = await fetch_user_data("user123")
+            await update_profile("user123", {**user, "last_login": "now"})
+        except ActionTimeout as exc:
+            orchestrator.get_state().errors.append(exc)
+            write(f"    the body caught {_describe(exc)}")
+        write(f"    the run ends with {len(orchestrator.get_state().errors)} errors recorded")
+
+    await orchestrator.run(main)
+
+
+SCENARIOS = (
+    ("Inventory check and team notification", inventory),
+    ("Profile and shipping options in parallel", profile_and_shipping),
+    ("API integration with a typed context, a retry and a timeout", api_integration),
+)
+"""Each scenario's title and coroutine function, in the order the demo runs them."""
+
+
+async def demo(write: Write = print) -> None:
+    """Run every scenario, printing the hooks as they fire."""
+    for number, (title, scenario) in enumerate(SCENARIOS, 1):
+        write(f"\n== {number}. {title}")
+        await scenario(write)

@@ -1,0 +1,87 @@
+"""Checked by mypy --strict in CI and never run: the public API keeps the types users wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import assert_type
+
+from orchestrator import (
+    Action,
+    Orchestrator,
+    ProcessBeginEvent,
+    RetryPolicy,
+    State,
+    TaskBeginEvent,
+    TaskCompletionEvent,
+)
+
+
+@dataclass
+class ProcessContext:
+    request_count: int = 0
+    errors: list[Exception] = field(default_factory=list)
+    api_key: str | None = None
+
+
+plain = Orchestrator()
+assert_type(plain, Orchestrator[State])
+
+typed = Orchestrator(ProcessContext)
+assert_type(typed, Orchestrator[ProcessContext])
+
+
+@typed.action
+async def fetch_user_data(user_id: str) -> dict[str, str]:
+    return {"id": user_id}
+
+
+@typed.action(retry=RetryPolicy(retries=2), timeout=5)
+async def update_profile(user_id: str, data: dict[str, str]) -> bool:
+    return bool(user_id and data)
+
+
+def count_words(text: str, *, lower: bool = False) -> int:
+    return len((text.lower() if lower else text).split())
+
+
+counted = typed.action(count_words, retry=1)
+assert isinstance(fetch_user_data, Action)
+
+
+def on_begin(event: TaskBeginEvent[ProcessContext]) -> None:
+    assert_type(event.context, ProcessContext)
+    event.context.request_count += 1
+
+
+async def on_done(event: TaskCompletionEvent[ProcessContext]) -> None:
+    assert_type(event.duration, float)
+
+
+typed.on_task_begin(on_begin).on_task_completion(on_done)
+typed.on_process_begin(lambda event: assert_type(event, ProcessBeginEvent[ProcessContext]))
+
+
+async def body() -> int:
+    user = await fetch_user_data("user123")
+    assert_type(user, dict[str, str])
+    assert_type(await update_profile("user123", user), bool)
+    assert_type(await counted("a b c", lower=True), int)
+    state = typed.get_state()
+    assert_type(state, ProcessContext)
+    results = await typed.map(fetch_user_data, ["a", "b"])
+    assert_type(results, list[dict[str, str]])
+    return state.request_count
+
+
+async def main() -> None:
+    assert_type(await typed.run(body), int)
+
+
+def script() -> None:
+    assert_type(typed.run_sync(body), int)
+
+
+async def wrong_arguments() -> None:
+    await fetch_user_data(42)  # type: ignore[arg-type]
+    await update_profile("user123")  # type: ignore[call-arg]
+    await counted("text", upper=True)  # type: ignore[call-arg]
