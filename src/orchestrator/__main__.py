@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m orchestrator",
         description="Coordinate multi-step async work with hooks, retries and timeouts.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the example scenarios and print every hook as it fires")
     parser.parse_args(argv)
     asyncio.run(demo())
