@@ -77,8 +77,10 @@ class Action(Generic[P, R]):
         inline: bool = False,
     ) -> None:
         _checks.callable_("the action function", fn)
-        if name is not None and not (isinstance(name, str) and name):
-            raise TypeError(f"name must be a non-empty str or None, got {name!r}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        if name == "":
+            raise ValueError("name must not be empty, got ''")
         self._policy = as_policy(retry)
         self._timeout = _checks.seconds("timeout", timeout, allow_zero=False, allow_none=True)
         _checks.flag("inline", inline)
