@@ -254,6 +254,18 @@ def test_action_awaited_outside_any_run_raises_outside_run_error():
     assert ran == []
 
 
+def test_action_called_outside_a_run_raises_at_the_call_not_at_the_await():
+    orch = Orchestrator()
+
+    @orch.action
+    async def step():
+        return 1
+
+    # No coroutine is created, so nothing is left un-awaited (warnings are errors here).
+    with pytest.raises(OutsideRunError, match=r"'step'.*outside a run"):
+        step()
+
+
 def test_action_in_run_of_different_orchestrator_raises_outside_run_error():
     mine = Orchestrator()
     other = Orchestrator()

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -131,14 +131,16 @@ class Action(Generic[P, R]):
             f"{' inline' if self._inline else ''}>"
         )
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the action once (with its retries) as a task of the current run.
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """Return a coroutine that runs the action once (with its retries) as a task of the run.
+
+        The check for a run happens here, at the call, so that a misplaced call fails at once
+        instead of leaving a coroutine that is never awaited.
 
         Raises:
             OutsideRunError: No run of this action's orchestrator is in progress here.
-            ActionTimeout: The last attempt ran out of time.
-            Exception: Whatever the last attempt or a hook raised, as it was raised.
-
+            ActionTimeout: (when awaited) The last attempt ran out of time.
+            Exception: (when awaited) Whatever the last attempt or a hook raised, as it was.
         """
         frame = self._frames.get(None)
         if frame is None:
@@ -146,6 +148,9 @@ class Action(Generic[P, R]):
                 f"action {self.name!r} was called outside a run of its orchestrator; "
                 "call it from inside `await orchestrator.run(...)`"
             )
+        return self._call(frame, args, kwargs)
+
+    async def _call(self, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         run = frame[0]
         task_id = run.next_task_id()
         token = self._frames.set((run, task_id))
