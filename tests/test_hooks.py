@@ -905,3 +905,31 @@ def test_first_raising_hook_stops_the_later_hooks_on_that_point(point: str) -> N
         orch.run_sync(all_points_scenario(orch))
     assert caught.value is hook_error
     assert later == []
+
+
+def test_timestamps_of_a_run_come_from_one_clock_and_agree_with_durations() -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+
+    @orch.action
+    async def step() -> None:
+        await asyncio.sleep(0.01)
+
+    async def body() -> None:
+        await step()
+        await step()
+
+    before = time.time()
+    orch.run_sync(body)
+    after = time.time()
+    (begin,) = recorder.events("process_begin")
+    (end,) = recorder.events("process_completion")
+    first, second = recorder.events("task_completion")
+    assert before - 0.01 <= begin.timestamp <= first.start_timestamp
+    assert first.end_timestamp <= second.start_timestamp <= second.end_timestamp
+    assert second.end_timestamp <= end.timestamp <= after + 0.01
+    for done in (first, second):
+        elapsed = done.end_timestamp - done.start_timestamp
+        assert elapsed == pytest.approx(done.duration / 1000, abs=1e-6)
+        assert done.duration >= 10
+    assert end.timestamp - begin.timestamp == pytest.approx(end.total_duration / 1000, abs=1e-6)

@@ -785,3 +785,72 @@ def test_map_rejects_a_non_callable_action() -> None:
 
     with pytest.raises(TypeError, match="action"):
         orch.run_sync(body)
+
+
+# Failures raised by the call itself, before any awaiting ------------------------------------
+
+
+def test_a_sync_member_that_raises_is_grouped_with_the_other_failures() -> None:
+    orch = Orchestrator()
+    boom = KeyError("sync member")
+
+    def sync_member() -> None:
+        raise boom
+
+    async def async_member() -> str:
+        await asyncio.sleep(0)
+        return "ran"
+
+    async def body() -> None:
+        await orch.parallel([async_member, sync_member, async_member])()
+
+    with pytest.raises(ParallelError) as info:
+        orch.run_sync(body)
+    assert info.value.exceptions == (boom,)
+    assert info.value.indices == (1,)
+
+
+def test_fail_fast_sync_failure_at_the_call_stops_later_members_from_starting() -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+    boom = ValueError("refused at the call")
+
+    @orch.action
+    async def early() -> None:
+        await asyncio.Event().wait()  # its task is cancelled before it ever runs
+
+    @orch.action
+    async def late() -> None:
+        return None
+
+    def refuse() -> None:
+        raise boom
+
+    async def body() -> None:
+        await orch.parallel([early, refuse, late], fail_fast=True)()
+
+    with pytest.raises(ValueError, match="refused at the call") as info:
+        orch.run_sync(body)
+    assert info.value is boom
+    # Members are started in order within one step of the loop, so the failure at the call of
+    # the second one cancels the first before it began and never calls the third.
+    assert recorder.events("task_begin") == []
+    assert recorder.events("task_completion") == []
+    assert recorder.points() == ["process_begin", "process_error", "process_completion"]
+
+
+def test_an_action_of_another_orchestrator_as_member_fails_with_outside_run_error() -> None:
+    orch = Orchestrator()
+    other = Orchestrator()
+
+    @other.action
+    async def foreign() -> None:
+        return None
+
+    async def body() -> None:
+        await orch.parallel([foreign])()
+
+    with pytest.raises(ParallelError) as info:
+        orch.run_sync(body)
+    (error,) = info.value.exceptions
+    assert isinstance(error, OutsideRunError)

@@ -8,17 +8,22 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from . import _checks, _threads
 from ._errors import ActionTimeout, OutsideRunError
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
-from ._hooks import Hooks, fire
+from ._hooks import Hooks, call_hooks
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import Frame, Run
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Events are named tuples; building them straight from a tuple skips the Python-level
+# __new__ that NamedTuple generates, which costs as much as the rest of a hook call.
+_new: Callable[..., Any] = tuple.__new__
+_clock = time.perf_counter
 
 
 def action_name(fn: Callable[..., Any]) -> str:
@@ -46,8 +51,8 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
-class _Call:
-    """What the events of one observed call share; made only when a task hook listens."""
+class _Tally:
+    """What the events of one observed call share, its attempt count included."""
 
     __slots__ = ("attempts", "run", "task_id")
 
@@ -100,13 +105,14 @@ class Action(Generic[P, R]):
         self._frames = frames
         self._hooks = hooks
         self._inline = inline
-        self._invoke = (
-            self._invoke_async
+        self._start: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]] = (
+            self._start_async
             if asynchronous
-            else (self._invoke_inline if inline else self._invoke_thread)
+            else (self._start_inline if inline else self._start_thread)
         )
-        # A plain async function with no retry and no timeout skips every layer below __call__.
-        self._direct = asynchronous and self._policy is None and self._timeout is None
+        # An async function without a timeout is awaited as it is: with no retry either and no
+        # task hook listening, the call returns the function's own coroutine.
+        self._direct = asynchronous and self._timeout is None
         # updated=() keeps the wrapped object's __dict__ (an Action's own state) out of ours.
         functools.update_wrapper(self, fn, updated=())
 
@@ -148,113 +154,117 @@ class Action(Generic[P, R]):
                 f"action {self.name!r} was called outside a run of its orchestrator; "
                 "call it from inside `await orchestrator.run(...)`"
             )
-        return self._call(frame, args, kwargs)
+        # Task ids and the current-task variable only matter to events, so a call that no
+        # task hook observes skips them: a nested call then reports the nearest observed
+        # ancestor as its parent.
+        if self._hooks.observes_tasks:
+            return self._observed(frame, args, kwargs)
+        if self._policy is not None:
+            return self._attempts(None, args, kwargs)
+        if self._direct:
+            return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
+        return cast(Coroutine[Any, Any, R], self._once(args, kwargs))
 
-    async def _call(self, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    async def _observed(self, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Every begin gets exactly one completion: it fires in the finally clause, so nothing
+        # can skip it. On failure the error hooks run just before it. A hook that raises inside
+        # the except or finally clause gets the work's exception as __context__ from Python.
+        # Hooks are called inline rather than through call_hooks(): this is the hot path.
         run = frame[0]
-        task_id = run.next_task_id()
-        token = self._frames.set((run, task_id))
-        try:
-            if self._hooks.observes_tasks:
-                return await self._observed(run, frame[1], task_id, args, kwargs)  # type: ignore[no-any-return]
-            if self._direct:
-                return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
-            return await self._attempts(None, args, kwargs)  # type: ignore[no-any-return]
-        finally:
-            self._frames.reset(token)
-
-    async def _observed(
-        self,
-        run: Run[Any],
-        parent_id: int | None,
-        task_id: int,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        # Every begin gets exactly one completion; on failure the error hooks run just before it.
         hooks = self._hooks
-        call = _Call(run, task_id)
-        started = time.time()
-        clock = time.perf_counter()
+        task_id = next(run.task_ids)
+        token = self._frames.set((run, task_id))
+        clock = _clock()
+        started = clock + run.epoch
+        tally = None if self._policy is None else _Tally(run, task_id)
+        attempts = 0
+        result: Any = None
+        error: BaseException | None = None
         try:
             if hooks.task_begin:
-                await fire(
-                    hooks.task_begin,
-                    TaskBeginEvent(
+                event = _new(
+                    TaskBeginEvent,
+                    (run.run_id, task_id, frame[1], self.name, started, args, kwargs, run.context),
+                )
+                for hook in hooks.task_begin:
+                    outcome = hook(event)
+                    if outcome is not None and inspect.isawaitable(outcome):
+                        await outcome
+            if tally is not None:
+                result = await self._attempts(tally, args, kwargs)
+            else:
+                attempts = 1
+                if self._direct:
+                    result = await self._fn(*args, **kwargs)
+                else:
+                    result = await self._once(args, kwargs)
+            return result
+        except BaseException as exc:
+            error = exc
+            if hooks.task_error:
+                failed = _new(
+                    TaskErrorEvent,
+                    (
                         run.run_id,
                         task_id,
-                        parent_id,
                         self.name,
-                        started,
-                        args,
-                        kwargs,
+                        exc,
+                        tally.attempts if tally else attempts,
                         run.context,
                     ),
                 )
-            result = await self._attempts(call, args, kwargs)
-        except BaseException as exc:
+                try:
+                    for hook in hooks.task_error:
+                        outcome = hook(failed)
+                        if outcome is not None and inspect.isawaitable(outcome):
+                            await outcome
+                except BaseException as hook_exc:
+                    error = hook_exc
+                    raise
+            raise
+        finally:
             try:
-                if hooks.task_error:
-                    await fire(
-                        hooks.task_error,
-                        TaskErrorEvent(
-                            run.run_id, task_id, self.name, exc, call.attempts, run.context
+                if hooks.task_completion:
+                    ended = _clock()
+                    done = _new(
+                        TaskCompletionEvent,
+                        (
+                            run.run_id,
+                            task_id,
+                            frame[1],
+                            self.name,
+                            started,
+                            ended + run.epoch,
+                            (ended - clock) * 1000.0,
+                            result if error is None else None,
+                            error,
+                            tally.attempts if tally else attempts,
+                            run.context,
                         ),
                     )
-            except BaseException as hook_exc:
-                await self._complete(call, parent_id, started, clock, None, hook_exc)
-                raise
-            await self._complete(call, parent_id, started, clock, None, exc)
-            raise
-        await self._complete(call, parent_id, started, clock, result, None)
-        return result
+                    for hook in hooks.task_completion:
+                        outcome = hook(done)
+                        if outcome is not None and inspect.isawaitable(outcome):
+                            await outcome
+            finally:
+                self._frames.reset(token)
 
-    async def _complete(
-        self,
-        call: _Call,
-        parent_id: int | None,
-        started: float,
-        clock: float,
-        result: Any,
-        error: BaseException | None,
-    ) -> None:
-        hooks = self._hooks.task_completion
-        if hooks:
-            run = call.run
-            event = TaskCompletionEvent(
-                run.run_id,
-                call.task_id,
-                parent_id,
-                self.name,
-                started,
-                time.time(),
-                (time.perf_counter() - clock) * 1000.0,
-                result,
-                error,
-                call.attempts,
-                run.context,
-            )
-            await fire(hooks, event)
+    def _once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if self._timeout is None:
+            return self._start(args, kwargs)
+        return self._limited(self._timeout, False, args, kwargs)
 
     async def _attempts(
-        self, call: _Call | None, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        policy = self._policy
+        self, tally: _Tally | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> R:
+        policy: RetryPolicy = self._policy  # type: ignore[assignment]
         timeout = self._timeout
-        if policy is None:
-            if call is not None:
-                call.attempts = 1
-            if timeout is None:
-                return await self._invoke(args, kwargs)
-            return await self._limited(timeout, False, args, kwargs)
-        testing, cap = testing_mode()
-        most = policy.retries + 1 if not (testing and cap) else min(policy.retries + 1, cap)
         deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
         attempt = 0
         while True:
             attempt += 1
-            if call is not None:
-                call.attempts = attempt
+            if tally is not None:
+                tally.attempts = attempt
             limit, by_deadline = timeout, False
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -262,9 +272,14 @@ class Action(Generic[P, R]):
                     limit, by_deadline = left, True
             try:
                 if limit is None:
-                    return await self._invoke(args, kwargs)
-                return await self._limited(limit, by_deadline, args, kwargs)
+                    return await self._start(args, kwargs)  # type: ignore[no-any-return]
+                return await self._limited(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
+                # The testing switch is read only after a failure, keeping success cheap.
+                testing, cap = testing_mode()
+                most = policy.retries + 1
+                if testing and cap is not None:
+                    most = min(most, cap)
                 if attempt >= most:
                     raise
                 wait = policy.suggested_wait(exc)
@@ -276,14 +291,14 @@ class Action(Generic[P, R]):
                     wait = 0.0
                 if deadline is not None and time.monotonic() + wait >= deadline:
                     raise
-                if call is not None and self._hooks.task_retry:
-                    run = call.run
-                    await fire(
-                        self._hooks.task_retry,
-                        TaskRetryEvent(
-                            run.run_id, call.task_id, self.name, attempt, exc, wait, run.context
-                        ),
+                if tally is not None and self._hooks.task_retry:
+                    run = tally.run
+                    event = TaskRetryEvent(
+                        run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
                     )
+                    pending = call_hooks(self._hooks.task_retry, event)
+                    if pending is not None:
+                        await pending
             await asyncio.sleep(wait)
 
     async def _limited(
@@ -291,22 +306,22 @@ class Action(Generic[P, R]):
     ) -> Any:
         try:
             async with asyncio.timeout(limit) as scope:
-                return await self._invoke(args, kwargs)
+                return await self._start(args, kwargs)
         except TimeoutError:
             if scope.expired():
                 raise ActionTimeout(self.name, limit, deadline=by_deadline) from None
             raise
 
-    async def _invoke_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await self._fn(*args, **kwargs)
+    def _start_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
 
-    async def _invoke_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _start_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = await _threads.pool().run(self._fn, args, kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result
 
-    async def _invoke_inline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def _start_inline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = self._fn(*args, **kwargs)
         if inspect.isawaitable(result):
             result = await result

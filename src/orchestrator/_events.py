@@ -8,13 +8,18 @@ more than the rest of the event together.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 C = TypeVar("C")
 
 
 def _utc(timestamp: float) -> datetime:
+    # Imported here: most programs never read a datetime, and the import costs at start-up.
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(timestamp, UTC)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import inspect
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, cast, overload
@@ -268,7 +268,7 @@ class Orchestrator(Generic[C]):
         """
         _checks.callable_("body", body)
         if run_id is None:
-            run_id = uuid.uuid4().hex
+            run_id = os.urandom(16).hex()
         elif not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {run_id!r}")
         elif not run_id:

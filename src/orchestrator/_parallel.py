@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -94,24 +94,63 @@ class Parallel:
 class _Group:
     """The shared bookkeeping of one gather() call."""
 
-    __slots__ = ("errors", "first", "next", "results", "stopping", "workers")
+    __slots__ = (
+        "direct",
+        "errors",
+        "fail_fast",
+        "first",
+        "next",
+        "pending",
+        "results",
+        "stopping",
+        "tasks",
+        "waiter",
+    )
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, fail_fast: bool) -> None:
+        self.fail_fast = fail_fast
+        self.direct = True  # one task per call; False when workers share the calls
         self.results: list[Any] = [None] * size
         self.errors: dict[int, Exception] = {}
-        self.first: BaseException | None = None
-        self.next = 0
+        self.first: BaseException | None = None  # what a stopped group raises
+        self.next = 0  # the next index a worker takes
+        self.pending = 0  # tasks not yet done
         self.stopping = False
-        self.workers: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[Any] | None] = []
+        self.waiter: asyncio.Future[None] | None = None
 
-    def stop(self, failure: BaseException) -> None:
-        # Cancels the siblings synchronously, so none of them starts another step.
-        self.first = failure
+    def stop(self, failure: BaseException | None) -> None:
+        """Stop the group: cancel its tasks at once, so none of them starts another step."""
+        if failure is not None and self.first is None:
+            self.first = failure
         self.stopping = True
         me = asyncio.current_task()
-        for worker in self.workers:
-            if worker is not me:
-                worker.cancel()
+        for task in self.tasks:
+            if task is not None and task is not me:
+                task.cancel()
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        """Record the failure of call ``index``; stop the group if the failure requires it."""
+        if isinstance(exc, Exception):
+            self.errors[index] = exc
+            if self.fail_fast and not self.stopping:
+                self.stop(exc)
+        elif not self.stopping:
+            self.stop(exc)  # KeyboardInterrupt, SystemExit: stop everything and let it out
+
+    def task_done(self, task: asyncio.Task[Any]) -> None:
+        """Done-callback of the tasks of an unlimited group: react to a failure at once."""
+        self.pending -= 1
+        if not task.cancelled():
+            exc = task.exception()
+            if (
+                exc is not None
+                and not self.stopping
+                and (self.fail_fast or not isinstance(exc, Exception))
+            ):
+                self.stop(exc)
+        if not self.pending and self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 async def gather(
@@ -123,13 +162,48 @@ async def gather(
 ) -> list[Any]:
     """Call ``start(i)`` for each ``i`` below ``size``, at most ``concurrency`` at once.
 
-    Workers take the next index in turn, so calls start in index order and an index that was
-    not reached when a fail-fast failure stopped the group is never called.
+    Calls start in index order. Without a limit, each awaitable gets its own task at once, as
+    under ``asyncio.TaskGroup``. With one, that many workers take the next index in turn, so
+    an index not reached when a fail-fast failure stopped the group is never called.
     """
     if size == 0:
         return []
-    group = _Group(size)
+    group = _Group(size, fail_fast)
+    if concurrency is None or concurrency >= size:
+        _spawn_all(group, size, start)
+    else:
+        _spawn_workers(group, size, start, concurrency)
+    await _join(group)
+    return _outcome(group, size, label)
 
+
+def _spawn_all(group: _Group, size: int, start: Callable[[int], Any]) -> None:
+    loop = asyncio.get_running_loop()
+    tasks = group.tasks
+    for index in range(size):
+        if group.stopping:
+            break
+        try:
+            outcome = start(index)
+        except Exception as exc:  # raised at the call itself, e.g. OutsideRunError
+            tasks.append(None)
+            group.fail(index, exc)
+            continue
+        if not inspect.isawaitable(outcome):
+            tasks.append(None)
+            group.results[index] = outcome
+            continue
+        task = loop.create_task(outcome if inspect.iscoroutine(outcome) else _wait(outcome))
+        task.add_done_callback(group.task_done)
+        group.pending += 1
+        tasks.append(task)
+
+
+async def _wait(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _spawn_workers(group: _Group, size: int, start: Callable[[int], Any], concurrency: int) -> None:
     async def worker() -> None:
         while not group.stopping and group.next < size:
             index = group.next
@@ -137,29 +211,56 @@ async def gather(
             try:
                 outcome = start(index)
                 group.results[index] = await outcome if inspect.isawaitable(outcome) else outcome
-            except Exception as exc:
-                group.errors[index] = exc
-                if fail_fast and not group.stopping:
-                    group.stop(exc)
-                    return
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                # KeyboardInterrupt, SystemExit: stop everything and let it out.
-                if not group.stopping:
-                    group.stop(exc)
-                raise
+                group.fail(index, exc)
+                if not isinstance(exc, Exception):
+                    raise
 
+    group.direct = False
     loop = asyncio.get_running_loop()
-    group.workers = [loop.create_task(worker()) for _ in range(min(concurrency or size, size))]
-    await _join(group)
+    for _ in range(concurrency):
+        task = loop.create_task(worker())
+        task.add_done_callback(group.task_done)
+        group.pending += 1
+        group.tasks.append(task)
+
+
+async def _join(group: _Group) -> None:
+    # Like asyncio.TaskGroup: if the caller is cancelled, cancel the tasks, wait until each has
+    # ended (its completion hooks fired), and only then let the cancellation out.
+    loop = asyncio.get_running_loop()
+    cancelled = False
+    while group.pending:
+        group.waiter = loop.create_future()
+        try:
+            await group.waiter
+        except asyncio.CancelledError:
+            cancelled = True
+            group.stop(None)
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+def _outcome(group: _Group, size: int, label: str) -> list[Any]:
+    cancelled_from_outside = False
+    for index, task in enumerate(group.tasks):
+        if task is None:
+            continue
+        if task.cancelled():
+            cancelled_from_outside = cancelled_from_outside or not group.stopping
+            continue
+        exc = task.exception()  # also marks the exception retrieved
+        if group.direct:  # a worker filled in its results and errors itself
+            if exc is None:
+                group.results[index] = task.result()
+            elif isinstance(exc, Exception):
+                group.errors[index] = exc
     if group.first is not None:
-        for task in group.workers:
-            if not task.cancelled():
-                task.exception()  # marks a re-raised BaseException as retrieved
         raise group.first
-    if any(task.cancelled() for task in group.workers):
-        # Cancelled from outside the group: nothing to return, as with asyncio.gather.
+    if cancelled_from_outside:
+        # Cancelled by someone other than the group: nothing to return, as with asyncio.gather.
         raise asyncio.CancelledError()
     if group.errors:
         indices = sorted(group.errors)
@@ -169,21 +270,3 @@ async def gather(
             indices,
         )
     return group.results
-
-
-async def _join(group: _Group) -> None:
-    # Like asyncio.TaskGroup: if the caller is cancelled, cancel the workers, wait until each
-    # has ended (its completion hooks fired), and only then let the cancellation out.
-    try:
-        await asyncio.wait(group.workers)
-    except asyncio.CancelledError:
-        group.stopping = True
-        for worker in group.workers:
-            worker.cancel()
-        while True:
-            try:
-                await asyncio.wait(group.workers)
-                break
-            except asyncio.CancelledError:
-                continue
-        raise

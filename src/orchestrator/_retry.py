@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -81,8 +80,11 @@ class RetryPolicy:
         base = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
         if not self.jitter:
             return base
-        draw = random.random() if rand is None else rand
-        return min(self.max_delay, base * (1 + self.jitter * (2 * draw - 1)))
+        if rand is None:
+            import random  # here, not at the top: only a retry pays for importing it
+
+            rand = random.random()
+        return min(self.max_delay, base * (1 + self.jitter * (2 * rand - 1)))
 
     def suggested_wait(self, error: Exception) -> float | None:
         """Whether ``error`` is retried: None if not, else the wait the predicate asked for.
@@ -145,18 +147,13 @@ def as_policy(retry: object) -> RetryPolicy | None:
     return RetryPolicy(retries=retry) if retry else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Testing:
-    enabled: bool = False
-    max_attempts: int | None = None
-
-
-_testing = _Testing()
+# (enabled, max_attempts): replaced whole, never changed in place, so a reader sees one state.
+_testing: tuple[bool, int | None] = (False, None)
 
 
 def testing_mode() -> tuple[bool, int | None]:
     """The testing switch as ``(enabled, max_attempts)``; read once per retry decision."""
-    return _testing.enabled, _testing.max_attempts
+    return _testing
 
 
 class set_testing:
@@ -184,7 +181,7 @@ class set_testing:
         if max_attempts is not None:
             _checks.count("max_attempts", max_attempts, minimum=1)
         self._previous = _testing
-        _testing = _Testing(enabled, max_attempts)
+        _testing = (enabled, max_attempts)
 
     def __enter__(self) -> None:
         return None

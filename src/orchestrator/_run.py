@@ -18,16 +18,20 @@ C = TypeVar("C")
 class Run(Generic[C]):
     """The record of one run, found through its orchestrator's context variable."""
 
-    __slots__ = ("_ids", "context", "run_id")
+    __slots__ = ("context", "epoch", "run_id", "task_ids")
 
     def __init__(self, run_id: str, context: C) -> None:
         self.run_id = run_id
         self.context = context
-        self._ids = itertools.count(1)
+        self.task_ids = itertools.count(1)
+        """Where each observed action call of the run takes its task id from."""
+        self.epoch = time.time() - time.perf_counter()
+        """Added to ``time.perf_counter()`` to give a POSIX timestamp.
 
-    def next_task_id(self) -> int:
-        """A task id not yet used in this run."""
-        return next(self._ids)
+        Every timestamp of a run comes from the one monotonic clock, anchored to the wall clock
+        when the run starts: they never go backwards within a run, and reading one clock per
+        instant instead of two keeps events cheap.
+        """
 
 
 Frame: TypeAlias = tuple[Run[Any], int | None]
@@ -50,44 +54,44 @@ async def execute(
     ``__context__``.
     """
     token = frames.set((run, None))
-    started = time.time()
     clock = time.perf_counter()
+    result: Any = None
+    error: BaseException | None = None
     try:
-        try:
-            if hooks.process_begin:
-                await fire(hooks.process_begin, ProcessBeginEvent(run.run_id, started, run.context))
-            result = body(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-        except BaseException as exc:
-            try:
-                if hooks.process_error:
-                    await fire(
-                        hooks.process_error,
-                        ProcessErrorEvent(
-                            run.run_id, time.time(), _ms(clock), None, exc, run.context
-                        ),
-                    )
-            except BaseException as hook_exc:
-                await _complete(hooks, run, clock, None, hook_exc)
-                raise
-            await _complete(hooks, run, clock, None, exc)
-            raise
-        await _complete(hooks, run, clock, result, None)
+        if hooks.process_begin:
+            await fire(
+                hooks.process_begin, ProcessBeginEvent(run.run_id, clock + run.epoch, run.context)
+            )
+        result = body(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
         return result
+    except BaseException as exc:
+        error = exc
+        if hooks.process_error:
+            now = time.perf_counter()
+            event = ProcessErrorEvent(
+                run.run_id, now + run.epoch, (now - clock) * 1000.0, None, exc, run.context
+            )
+            try:
+                await fire(hooks.process_error, event)
+            except BaseException as hook_exc:
+                error = hook_exc
+                raise
+        raise
     finally:
-        frames.reset(token)
-
-
-async def _complete(
-    hooks: Hooks, run: Run[Any], clock: float, result: Any, error: BaseException | None
-) -> None:
-    if hooks.process_completion:
-        event = ProcessCompletionEvent(
-            run.run_id, time.time(), _ms(clock), result, error, run.context
-        )
-        await fire(hooks.process_completion, event)
-
-
-def _ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000.0
+        # Completion fires here so that nothing can skip it.
+        try:
+            if hooks.process_completion:
+                now = time.perf_counter()
+                done = ProcessCompletionEvent(
+                    run.run_id,
+                    now + run.epoch,
+                    (now - clock) * 1000.0,
+                    result if error is None else None,
+                    error,
+                    run.context,
+                )
+                await fire(hooks.process_completion, done)
+        finally:
+            frames.reset(token)
