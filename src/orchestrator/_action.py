@@ -271,9 +271,11 @@ class Action(Generic[P, R]):
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
             try:
-                if limit is None:
-                    return await self._start(args, kwargs)  # type: ignore[no-any-return]
-                return await self._limited(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
+                if limit is not None:
+                    return await self._limited(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
+                if self._direct:
+                    return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
+                return await self._start(args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
                 # The testing switch is read only after a failure, keeping success cheap.
                 testing, cap = testing_mode()

@@ -1,0 +1,441 @@
+"""Side-by-side benchmarks of orchestrator and the tools a user would otherwise pick.
+
+    python benchmarks/run.py            # the full run (a few minutes)
+    python benchmarks/run.py --quick    # a short run, as CI does
+    python benchmarks/run.py --json results.json
+
+Per-call scenarios all run in this one process, interleaved round-robin: repeat 1 of every
+scenario, then repeat 2, and so on. Each repeat's time per call is divided by the bare
+``await coro()`` of the same repeat (or by the peer a target names), and the median of those
+ratios is reported with their min and max. Fan-out scenarios run each in a fresh subprocess,
+timed without tracemalloc and then measured with it for bytes per task. Import and first-run
+costs are measured in fresh interpreters. The machine is noisy: only ratios are judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import stamina
+import tenacity
+
+from orchestrator import Orchestrator, RetryPolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+FANOUT_TASKS = 10_000
+
+
+@dataclass
+class Row:
+    """One line of the report."""
+
+    scenario: str
+    unit: str  # what the figures are: "x bare await", "x <peer>", "ms"
+    median: float
+    low: float
+    high: float
+    target: float | None = None
+    kind: str = "ours"  # "ours", "peer" or "baseline"
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def met(self) -> str:
+        if self.target is None:
+            return ""
+        return "yes" if self.median <= self.target else "NO"
+
+
+def summarize(
+    scenario: str, unit: str, samples: list[float], target: float | None = None, kind: str = "ours"
+) -> Row:
+    return Row(
+        scenario,
+        unit,
+        statistics.median(samples),
+        min(samples),
+        max(samples),
+        target,
+        kind,
+        samples,
+    )
+
+
+# Per-call scenarios -------------------------------------------------------------------------
+
+
+async def trivial() -> int:
+    return 1
+
+
+def blocking() -> int:
+    return 1
+
+
+async def timed(calls: int, call: Callable[[], Awaitable[Any]]) -> float:
+    """Seconds per call of ``await call()``; every scenario shares this loop."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        await call()
+    return (time.perf_counter() - started) / calls
+
+
+def _hooked() -> Orchestrator[Any]:
+    orchestrator = Orchestrator()
+    orchestrator.on_task_begin(lambda event: None).on_task_completion(lambda event: None)
+    return orchestrator
+
+
+def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float]]]]:
+    """Each scenario's calls per repeat, and how to measure seconds per call."""
+    plain = Orchestrator()
+    hooked = _hooked()
+    action = plain.action(trivial)
+    hooked_action = hooked.action(trivial)
+    retried = plain.action(trivial, retry=RetryPolicy(retries=3))
+    limited = plain.action(trivial, timeout=10)
+    threaded = plain.action(blocking)
+
+    @stamina.retry(on=Exception, attempts=4)
+    async def stamina_trivial() -> int:
+        return 1
+
+    @tenacity.retry(stop=tenacity.stop_after_attempt(4), reraise=True)
+    async def tenacity_trivial() -> int:
+        return 1
+
+    async def asyncio_timeout() -> int:
+        async with asyncio.timeout(10):
+            return await trivial()
+
+    def in_run(orchestrator: Orchestrator[Any], call: Callable[[], Awaitable[Any]]) -> Any:
+        async def measure(calls: int) -> float:
+            return await orchestrator.run(timed, calls, call)
+
+        return measure
+
+    def bare(call: Callable[[], Awaitable[Any]]) -> Any:
+        async def measure(calls: int) -> float:
+            return await timed(calls, call)
+
+        return measure
+
+    return {
+        "bare await coro()": (20_000, bare(trivial)),
+        "action, no hooks": (20_000, in_run(plain, action)),
+        "action, begin+completion hooks": (10_000, in_run(hooked, hooked_action)),
+        "action, RetryPolicy, no hooks": (20_000, in_run(plain, retried)),
+        "action, timeout=10": (10_000, in_run(plain, limited)),
+        "sync action (worker thread)": (1_000, in_run(plain, threaded)),
+        "stamina async retry": (5_000, bare(stamina_trivial)),
+        "tenacity async retry": (5_000, bare(tenacity_trivial)),
+        "async with asyncio.timeout(10)": (10_000, bare(asyncio_timeout)),
+        "asyncio.wait_for(coro, 10)": (5_000, bare(lambda: asyncio.wait_for(trivial(), 10))),
+        "asyncio.to_thread(fn)": (1_000, bare(lambda: asyncio.to_thread(blocking))),
+    }
+
+
+# scenario -> (reference scenario, target ratio); the reference None means bare await.
+PER_CALL_TARGETS: dict[str, list[tuple[str | None, float]]] = {
+    "action, no hooks": [(None, 5.0)],
+    "action, begin+completion hooks": [(None, 20.0)],
+    "action, RetryPolicy, no hooks": [(None, 6.0), ("stamina async retry", 0.05)],
+    "action, timeout=10": [("async with asyncio.timeout(10)", 1.2)],
+    "sync action (worker thread)": [("asyncio.to_thread(fn)", 1.15)],
+}
+
+
+def run_per_call(repeats: int, scale: float) -> list[Row]:
+    scenarios = per_call_scenarios()
+    times: dict[str, list[float]] = {name: [] for name in scenarios}
+
+    async def main() -> None:
+        for calls, measure in scenarios.values():  # warm-up
+            await measure(max(1, calls // 20))
+        for _ in range(repeats):
+            for name, (calls, measure) in scenarios.items():
+                gc.collect()
+                times[name].append(await measure(max(1, int(calls * scale))))
+
+    asyncio.run(main())
+    bare = times["bare await coro()"]
+    rows: list[Row] = []
+    for name, seconds in times.items():
+        ratios = [s / b for s, b in zip(seconds, bare, strict=True)]
+        targets = PER_CALL_TARGETS.get(name, [])
+        bare_target = next((t for ref, t in targets if ref is None), None)
+        kind = "baseline" if name == "bare await coro()" else ("ours" if targets else "peer")
+        rows.append(summarize(name, "x bare await", ratios, bare_target, kind))
+        for reference, target in targets:
+            if reference is not None:
+                relative = [s / r for s, r in zip(seconds, times[reference], strict=True)]
+                rows.append(summarize(f"{name} vs {reference}", "x peer", relative, target))
+    return rows
+
+
+# Fan-out scenarios, each in a fresh subprocess ----------------------------------------------
+
+
+def fanout_child(scenario: str, tasks: int, memory: bool) -> float:
+    """In a subprocess: seconds per task, or (with ``memory``) peak bytes per task."""
+    import tracemalloc
+
+    orchestrator = Orchestrator()
+
+    @orchestrator.action
+    async def action(item: int) -> int:
+        return item
+
+    async def taskgroup() -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(tasks):
+                group.create_task(trivial())
+
+    async def gather() -> None:
+        await asyncio.gather(*(trivial() for _ in range(tasks)))
+
+    async def semaphore_gather() -> None:
+        semaphore = asyncio.Semaphore(100)
+
+        async def limited() -> int:
+            async with semaphore:
+                return await trivial()
+
+        await asyncio.gather(*(limited() for _ in range(tasks)))
+
+    async def ours_map() -> None:
+        await orchestrator.run(orchestrator.map, action, range(tasks))
+
+    @orchestrator.action
+    async def member() -> int:
+        return 1
+
+    group = orchestrator.parallel([member] * tasks)  # defined once, like a module-level group
+
+    async def ours_parallel() -> None:
+        await orchestrator.run(group)
+
+    async def ours_map_limited() -> None:
+        await orchestrator.run(orchestrator.map, action, range(tasks), concurrency=100)
+
+    bodies: dict[str, Callable[[], Awaitable[None]]] = {
+        "TaskGroup": taskgroup,
+        "gather": gather,
+        "Semaphore(100)+gather": semaphore_gather,
+        "map": ours_map,
+        "parallel": ours_parallel,
+        "map, concurrency=100": ours_map_limited,
+    }
+    body = bodies[scenario]
+
+    async def main() -> float:
+        await body()  # warm-up: first-use costs are not per-task costs
+        gc.collect()
+        if memory:
+            tracemalloc.start()
+            await body()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            return peak / tasks
+        runs = []
+        for _ in range(3):
+            started = time.perf_counter()
+            await body()
+            runs.append((time.perf_counter() - started) / tasks)
+        return statistics.median(runs)
+
+    return asyncio.run(main())
+
+
+def _child(*args: str) -> float:
+    done = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+FANOUT = ("TaskGroup", "gather", "Semaphore(100)+gather", "map", "parallel", "map, concurrency=100")
+FANOUT_TARGETS = {
+    "map": ("TaskGroup", 1.2, 1.3),
+    "parallel": ("TaskGroup", 1.2, 1.3),
+    "map, concurrency=100": ("Semaphore(100)+gather", 1.2, None),
+}
+
+
+def run_fanout(repeats: int, tasks: int) -> list[Row]:
+    seconds: dict[str, list[float]] = {name: [] for name in FANOUT}
+    memory: dict[str, list[float]] = {name: [] for name in FANOUT}
+    for _ in range(repeats):
+        for name in FANOUT:
+            seconds[name].append(_child("--fanout", name, str(tasks)))
+            memory[name].append(_child("--fanout", name, str(tasks), "--memory"))
+    rows = []
+    baseline = seconds["TaskGroup"]
+    for name in FANOUT:
+        kind = "ours" if name in FANOUT_TARGETS else ("baseline" if name == "TaskGroup" else "peer")
+        ratios = [s / b for s, b in zip(seconds[name], baseline, strict=True)]
+        rows.append(
+            summarize(f"fan-out {tasks:,}: {name}, time/task", "x TaskGroup", ratios, None, kind)
+        )
+        if name in FANOUT_TARGETS:
+            reference, time_target, bytes_target = FANOUT_TARGETS[name]
+            relative = [s / r for s, r in zip(seconds[name], seconds[reference], strict=True)]
+            rows.append(
+                summarize(
+                    f"fan-out {tasks:,}: {name} vs {reference}, time/task",
+                    "x peer",
+                    relative,
+                    time_target,
+                )
+            )
+            if bytes_target is not None:
+                mem = [m / r for m, r in zip(memory[name], memory[reference], strict=True)]
+                rows.append(
+                    summarize(
+                        f"fan-out {tasks:,}: {name} vs {reference}, bytes/task",
+                        "x peer",
+                        mem,
+                        bytes_target,
+                    )
+                )
+        rows.append(
+            summarize(f"fan-out {tasks:,}: {name}, bytes/task", "bytes", memory[name], None, kind)
+        )
+    return rows
+
+
+# Fresh interpreters -------------------------------------------------------------------------
+
+
+def _wall(code: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - started
+
+
+FIRST_RUN = """
+import time
+from orchestrator import Orchestrator
+orchestrator = Orchestrator()
+@orchestrator.action
+async def step():
+    return 1
+async def body():
+    return await step()
+started = time.perf_counter()
+orchestrator.run_sync(body)
+print((time.perf_counter() - started) * 1000)
+"""
+
+
+def run_fresh(repeats: int) -> list[Row]:
+    # An installed package has its bytecode compiled at install time; compile ours the same
+    # way, or the import would be timed compiling source (PYTHONDONTWRITEBYTECODE may be set).
+    import compileall
+
+    import orchestrator
+
+    compileall.compile_dir(Path(orchestrator.__file__).parent, quiet=1)
+    ratios: list[float] = []
+    first: list[float] = []
+    for _ in range(repeats):
+        baseline = _wall("import asyncio")
+        ratios.append(_wall("import orchestrator") / baseline)
+        done = subprocess.run(
+            [sys.executable, "-c", FIRST_RUN], capture_output=True, text=True, check=True
+        )
+        first.append(float(done.stdout.strip()))
+    return [
+        summarize("import orchestrator vs import asyncio", "x peer", ratios, 1.2),
+        summarize("first run_sync of a one-action body", "ms", first, 5.0),
+    ]
+
+
+# Report --------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def table(rows: list[Row]) -> str:
+    head = ("scenario", "unit", "median", "min", "max", "target", "met")
+    lines = [head]
+    for row in rows:
+        target = "" if row.target is None else f"<= {row.target:g}"
+        lines.append(
+            (
+                row.scenario,
+                row.unit,
+                f"{row.median:.3g}",
+                f"{row.low:.3g}",
+                f"{row.high:.3g}",
+                target,
+                row.met,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = []
+    for index, line in enumerate(lines):
+        out.append(
+            "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |"
+        )
+        if index == 0:
+            out.append("| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few repeats, small sizes (a smoke test)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--fanout", nargs=2, metavar=("SCENARIO", "TASKS"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.fanout:
+        print(fanout_child(args.fanout[0], int(args.fanout[1]), args.memory))
+        return 0
+    if args.quick:
+        per_call_repeats, scale, fanout_repeats, tasks, fresh_repeats = 3, 0.1, 1, 2_000, 3
+    else:
+        per_call_repeats, scale, fanout_repeats, tasks, fresh_repeats = 15, 1.0, 5, FANOUT_TASKS, 20
+    started = time.perf_counter()
+    rows = run_per_call(per_call_repeats, scale)
+    rows += run_fanout(fanout_repeats, tasks)
+    rows += run_fresh(fresh_repeats)
+    print(table(rows))
+    missed = [row.scenario for row in rows if row.met == "NO"]
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(rows)} rows in {elapsed:.0f} s; targets missed: {len(missed)}")
+    for name in missed:
+        print(f"  missed: {name}")
+    if args.json:
+        payload = {"machine": machine(), "quick": args.quick, "rows": [asdict(row) for row in rows]}
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
