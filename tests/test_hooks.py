@@ -890,7 +890,10 @@ def test_raising_retry_hook_reaches_caller_with_attempt_error_as_context() -> No
     assert completion.error is hook_error
 
 
-@pytest.mark.parametrize("point", POINTS)
+COMPLETION_POINTS = ("task_completion", "process_completion")
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p not in COMPLETION_POINTS])
 def test_first_raising_hook_stops_the_later_hooks_on_that_point(point: str) -> None:
     orch = Orchestrator()
     hook_error = HookError(point)
@@ -905,6 +908,61 @@ def test_first_raising_hook_stops_the_later_hooks_on_that_point(point: str) -> N
         orch.run_sync(all_points_scenario(orch))
     assert caught.value is hook_error
     assert later == []
+
+
+@pytest.mark.parametrize("point", COMPLETION_POINTS)
+def test_a_raising_completion_hook_does_not_stop_the_later_ones(point: str) -> None:
+    orch = Orchestrator()
+    first, second = HookError("first"), HookError("second")
+    later: list[Any] = []
+
+    def raise_first(event: Any) -> None:
+        raise first
+
+    def raise_second(event: Any) -> None:
+        raise second
+
+    register = getattr(orch, f"on_{point}")
+    register(raise_first)
+    register(later.append)
+    register(raise_second)
+    register(later.append)
+    with pytest.raises(HookError) as caught:
+        orch.run_sync(all_points_scenario(orch))
+    # The last failure is raised, with the earlier one chained to it: nothing is lost.
+    assert caught.value is second
+    assert first in list(context_chain(second))
+    assert len(later) == 2
+    assert later[0] is later[1]
+
+
+def test_completion_cleanup_runs_when_cancellation_lands_in_an_earlier_async_hook() -> None:
+    orch = Orchestrator()
+    in_hook = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def slow_report(event: Any) -> None:
+        in_hook.set()
+        await asyncio.sleep(10)  # cancelled here
+
+    def clear_key(event: Any) -> None:
+        event.context.api_key = None
+        cleaned.append("cleared")
+
+    orch.on_process_completion(slow_report).on_process_completion(clear_key)
+
+    async def body() -> None:
+        orch.get_state().api_key = "secret"
+
+    async def main() -> None:
+        run = asyncio.ensure_future(orch.run(body))
+        await asyncio.wait_for(in_hook.wait(), 1)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(main())
+    assert cleaned == ["cleared"]
 
 
 def test_timestamps_of_a_run_come_from_one_clock_and_agree_with_durations() -> None:

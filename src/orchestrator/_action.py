@@ -8,14 +8,15 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
 from . import _checks, _threads
-from ._errors import ActionTimeout, OutsideRunError
+from ._errors import ActionTimeout
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
-from ._hooks import Hooks, call_hooks
+from ._hooks import Hooks, fire, fire_all
 from ._retry import RetryPolicy, as_policy, testing_mode
-from ._run import Frame, Run
+from ._run import Frame, Run, outside_run
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,7 +43,7 @@ def action_name(fn: Callable[..., Any]) -> str:
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` gives a coroutine, seen through partials and ``__call__``."""
-    if inspect.iscoroutinefunction(fn):
+    if inspect.iscoroutinefunction(fn) or isinstance(fn, Action):
         return True
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -94,9 +95,10 @@ class Action(Generic[P, R]):
             raise ValueError(
                 f"inline=True applies to sync functions only, and {fn!r} is async; drop inline"
             )
-        if inline and timeout is not None:
+        if inline and (timeout is not None or (self._policy and self._policy.deadline)):
+            what = "a timeout" if timeout is not None else "a retry deadline"
             raise ValueError(
-                "inline=True cannot be combined with a timeout: an inline sync function blocks "
+                f"inline=True cannot be combined with {what}: an inline sync function blocks "
                 "the event loop, so nothing could stop it; drop inline to run it in a thread"
             )
         self.name: str = name if name is not None else action_name(fn)
@@ -138,7 +140,10 @@ class Action(Generic[P, R]):
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        """Return a coroutine that runs the action once (with its retries) as a task of the run.
+        """Return a coroutine that makes one call of the action, retries included.
+
+        Each call is one task of the run in the events' sense (a ``task_id``); no asyncio task
+        is created for it.
 
         The check for a run happens here, at the call, so that a misplaced call fails at once
         instead of leaving a coroutine that is never awaited.
@@ -150,10 +155,7 @@ class Action(Generic[P, R]):
         """
         frame = self._frames.get(None)
         if frame is None:
-            raise OutsideRunError(
-                f"action {self.name!r} was called outside a run of its orchestrator; "
-                "call it from inside `await orchestrator.run(...)`"
-            )
+            raise outside_run(f"action {self.name!r}")
         # Task ids and the current-task variable only matter to events, so a call that no
         # task hook observes skips them: a nested call then reports the nearest observed
         # ancestor as its parent.
@@ -182,9 +184,19 @@ class Action(Generic[P, R]):
         error: BaseException | None = None
         try:
             if hooks.task_begin:
+                # A read-only view: the dict is the one the function receives.
                 event = _new(
                     TaskBeginEvent,
-                    (run.run_id, task_id, frame[1], self.name, started, args, kwargs, run.context),
+                    (
+                        run.run_id,
+                        task_id,
+                        frame[1],
+                        self.name,
+                        started,
+                        args,
+                        MappingProxyType(kwargs),
+                        run.context,
+                    ),
                 )
                 for hook in hooks.task_begin:
                     outcome = hook(event)
@@ -242,10 +254,17 @@ class Action(Generic[P, R]):
                             run.context,
                         ),
                     )
-                    for hook in hooks.task_completion:
-                        outcome = hook(done)
-                        if outcome is not None and inspect.isawaitable(outcome):
-                            await outcome
+                    called = 0
+                    try:
+                        for hook in hooks.task_completion:
+                            called += 1
+                            outcome = hook(done)
+                            if outcome is not None and inspect.isawaitable(outcome):
+                                await outcome
+                    except BaseException:
+                        # Cleanup lives in completion hooks: the later ones still run.
+                        await fire_all(hooks.task_completion, done, called)
+                        raise
             finally:
                 self._frames.reset(token)
 
@@ -261,19 +280,23 @@ class Action(Generic[P, R]):
         timeout = self._timeout
         deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
         attempt = 0
+        last: Exception | None = None
         while True:
-            attempt += 1
-            if tally is not None:
-                tally.attempts = attempt
             limit, by_deadline = timeout, False
             if deadline is not None:
                 left = deadline - time.monotonic()
+                if last is not None and left <= 0:
+                    # Slow retry hooks or a late wake-up used up the budget: no more attempts.
+                    raise last
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
+            attempt += 1
+            if tally is not None:
+                tally.attempts = attempt
             try:
                 if limit is not None:
                     return await self._limited(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
-                if self._direct:
+                if self._direct:  # the same as _start_async, one call cheaper on the hot path
                     return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
                 return await self._start(args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
@@ -298,9 +321,8 @@ class Action(Generic[P, R]):
                     event = TaskRetryEvent(
                         run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
                     )
-                    pending = call_hooks(self._hooks.task_retry, event)
-                    if pending is not None:
-                        await pending
+                    await fire(self._hooks.task_retry, event)
+                last = exc
             await asyncio.sleep(wait)
 
     async def _limited(

@@ -58,8 +58,9 @@ class ParallelError(ExceptionGroup[Exception]):
     def __new__(
         cls, message: str, exceptions: Sequence[Exception], indices: Sequence[int] = ()
     ) -> ParallelError:
+        # Without indices (a group built by hand), each exception's position is its index.
         self = super().__new__(cls, message, exceptions)
-        self.indices = tuple(indices)
+        self.indices = tuple(indices) if indices else tuple(range(len(exceptions)))
         return self
 
     def __init__(

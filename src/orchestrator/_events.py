@@ -8,6 +8,7 @@ more than the rest of the event together.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
@@ -98,8 +99,8 @@ class TaskBeginEvent(NamedTuple, Generic[C]):
     """When the call started, as a POSIX timestamp."""
     args: tuple[Any, ...]
     """The positional arguments of the call."""
-    kwargs: dict[str, Any]
-    """The keyword arguments of the call."""
+    kwargs: Mapping[str, Any]
+    """The keyword arguments of the call, as a read-only mapping."""
     context: C
     """The run's context."""
 
@@ -141,7 +142,8 @@ class TaskErrorEvent(NamedTuple, Generic[C]):
     name: str
     """The action's name."""
     error: BaseException
-    """What the call raises: the last attempt's exception, a begin hook's, or cancellation."""
+    """What the call raises: the last attempt's exception, cancellation, or the exception of a
+    begin or retry hook or of a ``retry_on`` predicate."""
     attempts: int
     """How many attempts started (0 if a begin hook failed)."""
     context: C

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import _checks
@@ -54,31 +54,30 @@ class Hooks:
         )
 
 
-def call_hooks(hooks: tuple[Hook, ...], event: object) -> Awaitable[None] | None:
-    """Call each hook with ``event`` in order, each finished before the next starts.
+async def fire(hooks: tuple[Hook, ...], event: object) -> None:
+    """Call each hook with ``event`` in order, awaiting what an async hook returns.
 
-    Returns None when every hook finished synchronously. When a hook returns an awaitable,
-    returns an awaitable that awaits it and then calls the remaining hooks: the caller must
-    await it. Sync hooks, the common case, so cost no coroutine. The first hook that raises
-    stops the rest, and its exception propagates.
+    The first hook that raises stops the rest, and its exception propagates.
     """
-    for index, hook in enumerate(hooks):
-        outcome = hook(event)
-        if outcome is not None and inspect.isawaitable(outcome):
-            return _finish(outcome, hooks[index + 1 :], event)
-    return None
-
-
-async def _finish(pending: Awaitable[object], rest: tuple[Hook, ...], event: object) -> None:
-    await pending
-    for hook in rest:
+    for hook in hooks:
         outcome = hook(event)
         if outcome is not None and inspect.isawaitable(outcome):
             await outcome
 
 
-async def fire(hooks: tuple[Hook, ...], event: object) -> None:
-    """Call the hooks like ``call_hooks`` and await whatever is left: for paths off the hot one."""
-    pending = call_hooks(hooks, event)
-    if pending is not None:
-        await pending
+async def fire_all(hooks: tuple[Hook, ...], event: object, start: int = 0) -> None:
+    """Call every hook from index ``start`` on, even when some of them raise.
+
+    Completion hooks hold cleanup that must run whatever happened, a cancellation arriving
+    meanwhile included. The exception of the last hook that raised propagates. Each later
+    hook runs inside the ``except`` clause of the failure before it, so Python chains the
+    earlier exceptions as ``__context__`` and none is lost.
+    """
+    for index in range(start, len(hooks)):
+        try:
+            outcome = hooks[index](event)
+            if outcome is not None and inspect.isawaitable(outcome):
+                await outcome
+        except BaseException:
+            await fire_all(hooks, event, index + 1)
+            raise

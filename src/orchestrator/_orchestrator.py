@@ -6,7 +6,7 @@ import asyncio
 import copy
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, cast, overload
 
@@ -240,26 +240,28 @@ class Orchestrator(Generic[C]):
     # Running -----------------------------------------------------------------------------
 
     @overload
-    async def run(
+    def run(
         self,
         body: Callable[..., Awaitable[R]],
         /,
         *args: Any,
         run_id: str | None = None,
         **kwargs: Any,
-    ) -> R: ...
+    ) -> Coroutine[Any, Any, R]: ...
     @overload
-    async def run(
+    def run(
         self, body: Callable[..., R], /, *args: Any, run_id: str | None = None, **kwargs: Any
-    ) -> R: ...
-    async def run(
+    ) -> Coroutine[Any, Any, R]: ...
+    def run(
         self, body: Callable[..., Any], /, *args: Any, run_id: str | None = None, **kwargs: Any
-    ) -> Any:
-        """Run ``body(*args, **kwargs)`` as one run, with a fresh context and the process hooks.
+    ) -> Coroutine[Any, Any, Any]:
+        """Return a coroutine that runs ``body(*args, **kwargs)`` as one run.
 
-        ``body`` may be an async function, an action, or a sync function (called inline); if
-        calling it returns an awaitable, that is awaited. Returns what it returns and raises what
-        it raises, after the completion hooks ran.
+        The run gets a fresh context and fires the process hooks around the body. ``body`` may
+        be an async function, an action, or a sync function (called inline); if calling it
+        returns an awaitable, that is awaited. The coroutine returns what it returns and raises
+        what it raises, after the completion hooks ran. The arguments are checked and the
+        context is made here, at the call.
 
         Raises:
             TypeError: ``body`` is not callable or ``run_id`` not a str.
@@ -274,7 +276,7 @@ class Orchestrator(Generic[C]):
         elif not run_id:
             raise ValueError("run_id must not be empty")
         run = Run(run_id, new_context(self._factory, self._defaults))
-        return await execute(self._frames, self._hooks, run, body, args, kwargs)
+        return execute(self._frames, self._hooks, run, body, args, kwargs)
 
     @overload
     def run_sync(
@@ -339,7 +341,7 @@ class Orchestrator(Generic[C]):
         limit = check_options(fail_fast, concurrency)
         return Parallel(self._frames, members, fail_fast=fail_fast, concurrency=limit)
 
-    async def map(
+    def map(
         self,
         action: Callable[[T], Awaitable[R]],
         items: Iterable[T],
@@ -347,11 +349,13 @@ class Orchestrator(Generic[C]):
         *,
         concurrency: int | None = None,
         fail_fast: bool = False,
-    ) -> list[R]:
-        """Call ``action(item)`` for every item, at the same time; results in the items' order.
+    ) -> Coroutine[Any, Any, list[R]]:
+        """Return a coroutine that calls ``action(item)`` for every item, at the same time.
 
-        Failures follow the rules of :meth:`parallel`. With ``concurrency``, items start in
-        order as earlier ones finish; with ``fail_fast``, items not yet started never start.
+        Results come in the items' order. Failures follow the rules of :meth:`parallel`. With
+        ``concurrency``, items start in order as earlier ones finish; with ``fail_fast``, items
+        not yet started never start. The arguments and the run are checked, and ``items`` is
+        read into a list, here at the call.
 
         Raises:
             TypeError: ``action`` is not callable, ``items`` not iterable, or an option has the
@@ -365,8 +369,8 @@ class Orchestrator(Generic[C]):
             raise TypeError(f"items must be iterable, got {items!r}")
         limit = check_options(fail_fast, concurrency)
         require_run(self._frames, "map()")
-        values: Sequence[T] = items if isinstance(items, list | tuple) else list(items)
-        return await gather(len(values), lambda i: action(values[i]), fail_fast, limit, "map items")
+        values = list(items)
+        return gather(len(values), lambda i: action(values[i]), fail_fast, limit, "map items")
 
 
 def _placeholder() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextvars import ContextVar
 from typing import Any
 
 from . import _checks
-from ._errors import OutsideRunError, ParallelError
-from ._run import Frame
+from ._errors import ParallelError
+from ._run import Frame, outside_run
 
 
 def check_options(fail_fast: object, concurrency: object) -> int | None:
@@ -24,10 +24,7 @@ def check_options(fail_fast: object, concurrency: object) -> int | None:
 def require_run(frames: ContextVar[Frame], what: str) -> None:
     """Raise ``OutsideRunError`` unless a run of the orchestrator is in progress here."""
     if frames.get(None) is None:
-        raise OutsideRunError(
-            f"{what} was called outside a run of its orchestrator; "
-            "call it from inside `await orchestrator.run(...)`"
-        )
+        raise outside_run(what)
 
 
 class Parallel:
@@ -57,15 +54,16 @@ class Parallel:
         names = ", ".join(getattr(m, "name", None) or repr(m) for m in self.members)
         return f"<Parallel [{names}] fail_fast={self.fail_fast} concurrency={self.concurrency}>"
 
-    async def __call__(self, *args: Any) -> list[Any]:
-        """Run every member and return their results, in the members' order.
+    def __call__(self, *args: Any) -> Coroutine[Any, Any, list[Any]]:
+        """Return a coroutine that runs every member and returns their results in order.
+
+        The arguments and the run are checked here, at the call.
 
         Raises:
             ValueError: The number of arguments is neither 0 nor the number of members.
             OutsideRunError: No run of the orchestrator is in progress here.
-            Exception: With ``fail_fast``, the first failure itself.
-            ParallelError: Without ``fail_fast``, every failure, when there was any.
-
+            Exception: (when awaited) With ``fail_fast``, the first failure itself.
+            ParallelError: (when awaited) Without ``fail_fast``, every failure, if any.
         """
         members = self.members
         if args and len(args) != len(members):
@@ -74,21 +72,8 @@ class Parallel:
                 f"arguments; pass no arguments, or exactly {len(members)} (one per member)"
             )
         require_run(self._frames, "a parallel group")
-        if args:
-            return await gather(
-                len(members),
-                lambda i: members[i](args[i]),
-                self.fail_fast,
-                self.concurrency,
-                "parallel members",
-            )
-        return await gather(
-            len(members),
-            lambda i: members[i](),
-            self.fail_fast,
-            self.concurrency,
-            "parallel members",
-        )
+        start = (lambda i: members[i](args[i])) if args else (lambda i: members[i]())
+        return gather(len(members), start, self.fail_fast, self.concurrency, "parallel members")
 
 
 class _Group:
@@ -103,6 +88,7 @@ class _Group:
         "pending",
         "results",
         "stopping",
+        "stray",
         "tasks",
         "waiter",
     )
@@ -113,42 +99,43 @@ class _Group:
         self.results: list[Any] = [None] * size
         self.errors: dict[int, Exception] = {}
         self.first: BaseException | None = None  # what a stopped group raises
+        self.stray = False  # a call ended cancelled although nobody here cancelled it
         self.next = 0  # the next index a worker takes
         self.pending = 0  # tasks not yet done
         self.stopping = False
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.waiter: asyncio.Future[None] | None = None
 
-    def stop(self, failure: BaseException | None) -> None:
-        """Stop the group: cancel its tasks at once, so none of them starts another step."""
-        if failure is not None and self.first is None:
-            self.first = failure
+    def react(self, failure: BaseException) -> None:
+        """Apply the stop rule to a failed call, which nobody in the group cancelled.
+
+        Under fail-fast any failure stops the group and becomes what it raises; so does, always,
+        a KeyboardInterrupt or SystemExit. A call's own cancellation is remembered.
+        """
+        cancelled = isinstance(failure, asyncio.CancelledError)
+        self.stray = self.stray or cancelled
+        if self.stopping or not (
+            self.fail_fast or not (cancelled or isinstance(failure, Exception))
+        ):
+            return
+        self.first = failure
         self.stopping = True
+        # Cancel at once, so that no other call starts another step.
         me = asyncio.current_task()
         for task in self.tasks:
             if task is not None and task is not me:
                 task.cancel()
 
-    def fail(self, index: int, exc: BaseException) -> None:
-        """Record the failure of call ``index``; stop the group if the failure requires it."""
-        if isinstance(exc, Exception):
-            self.errors[index] = exc
-            if self.fail_fast and not self.stopping:
-                self.stop(exc)
-        elif not self.stopping:
-            self.stop(exc)  # KeyboardInterrupt, SystemExit: stop everything and let it out
-
     def task_done(self, task: asyncio.Task[Any]) -> None:
-        """Done-callback of the tasks of an unlimited group: react to a failure at once."""
+        """Done-callback of every task of the group."""
         self.pending -= 1
-        if not task.cancelled():
-            exc = task.exception()
-            if (
-                exc is not None
-                and not self.stopping
-                and (self.fail_fast or not isinstance(exc, Exception))
-            ):
-                self.stop(exc)
+        if task.cancelled():
+            if not self.stopping:
+                self.react(asyncio.CancelledError())
+        else:
+            failure = task.exception()
+            if failure is not None:
+                self.react(failure)
         if not self.pending and self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
@@ -185,9 +172,11 @@ def _spawn_all(group: _Group, size: int, start: Callable[[int], Any]) -> None:
             break
         try:
             outcome = start(index)
-        except Exception as exc:  # raised at the call itself, e.g. OutsideRunError
+        except BaseException as exc:  # raised by the call itself, e.g. OutsideRunError
             tasks.append(None)
-            group.fail(index, exc)
+            if isinstance(exc, Exception):
+                group.errors[index] = exc
+            group.react(exc)
             continue
         if not inspect.isawaitable(outcome):
             tasks.append(None)
@@ -205,18 +194,23 @@ async def _wait(awaitable: Awaitable[Any]) -> Any:
 
 def _spawn_workers(group: _Group, size: int, start: Callable[[int], Any], concurrency: int) -> None:
     async def worker() -> None:
+        me = asyncio.current_task()
         while not group.stopping and group.next < size:
             index = group.next
             group.next += 1
             try:
                 outcome = start(index)
                 group.results[index] = await outcome if inspect.isawaitable(outcome) else outcome
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if me is not None and me.cancelling():
+                    raise  # the worker itself is being cancelled: by the group or its caller
+                group.react(exc)  # the call's own cancellation: the worker goes on
+            except Exception as exc:
+                group.errors[index] = exc
+                group.react(exc)
             except BaseException as exc:
-                group.fail(index, exc)
-                if not isinstance(exc, Exception):
-                    raise
+                group.react(exc)
+                raise
 
     group.direct = False
     loop = asyncio.get_running_loop()
@@ -238,18 +232,17 @@ async def _join(group: _Group) -> None:
             await group.waiter
         except asyncio.CancelledError:
             cancelled = True
-            group.stop(None)
+            group.stopping = True
+            for task in group.tasks:
+                if task is not None:
+                    task.cancel()
     if cancelled:
         raise asyncio.CancelledError()
 
 
 def _outcome(group: _Group, size: int, label: str) -> list[Any]:
-    cancelled_from_outside = False
     for index, task in enumerate(group.tasks):
-        if task is None:
-            continue
-        if task.cancelled():
-            cancelled_from_outside = cancelled_from_outside or not group.stopping
+        if task is None or task.cancelled():
             continue
         exc = task.exception()  # also marks the exception retrieved
         if group.direct:  # a worker filled in its results and errors itself
@@ -259,8 +252,10 @@ def _outcome(group: _Group, size: int, label: str) -> list[Any]:
                 group.errors[index] = exc
     if group.first is not None:
         raise group.first
-    if cancelled_from_outside:
-        # Cancelled by someone other than the group: nothing to return, as with asyncio.gather.
+    if group.stray:
+        # A call was cancelled by someone other than the group or its caller: there is no
+        # result to return for it, so the cancellation goes on, as with asyncio.gather. The
+        # other calls ran to their end; their failures are in their completion events.
         raise asyncio.CancelledError()
     if group.errors:
         indices = sorted(group.errors)

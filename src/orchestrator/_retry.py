@@ -180,6 +180,8 @@ class set_testing:
         _checks.flag("enabled", enabled)
         if max_attempts is not None:
             _checks.count("max_attempts", max_attempts, minimum=1)
+            if not enabled:
+                raise ValueError("max_attempts applies in testing mode only; pass enabled=True")
         self._previous = _testing
         _testing = (enabled, max_attempts)
 

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Generic, TypeAlias, TypeVar
 
+from ._errors import OutsideRunError
 from ._events import ProcessBeginEvent, ProcessCompletionEvent, ProcessErrorEvent
-from ._hooks import Hooks, fire
+from ._hooks import Hooks, fire, fire_all
 
 C = TypeVar("C")
 
@@ -34,6 +35,14 @@ class Run(Generic[C]):
         """
 
 
+def outside_run(what: str) -> OutsideRunError:
+    """The error for ``what`` used where no run of its orchestrator is in progress."""
+    return OutsideRunError(
+        f"{what} was called outside a run of its orchestrator; "
+        "call it from inside `await orchestrator.run(...)`"
+    )
+
+
 Frame: TypeAlias = tuple[Run[Any], int | None]
 """What an orchestrator's context variable holds: the current run and the current task id."""
 
@@ -49,9 +58,9 @@ async def execute(
     """Run ``body`` as the run ``run``, firing the process hooks around it.
 
     Process begin fires first. If it or the body fails (cancellation included), process error
-    fires, then process completion, which fires last whatever happens. A raising error or
-    completion hook replaces the run's outcome; Python keeps the earlier exception as its
-    ``__context__``.
+    fires, then process completion, which fires last whatever happens; every completion hook
+    runs even if one raises. A raising error or completion hook replaces the run's outcome;
+    Python keeps the earlier exception as its ``__context__``.
     """
     token = frames.set((run, None))
     clock = time.perf_counter()
@@ -92,6 +101,6 @@ async def execute(
                     error,
                     run.context,
                 )
-                await fire(hooks.process_completion, done)
+                await fire_all(hooks.process_completion, done)
         finally:
             frames.reset(token)

@@ -13,7 +13,7 @@ class State(SimpleNamespace):
 
     ``ctx.request_count += 1`` and ``ctx["request_count"] += 1`` do the same. A missing key
     raises ``AttributeError`` (attribute access) or ``KeyError`` (item access), as usual.
-    ``len()``, ``in`` and iteration go over the keys.
+    ``len()``, ``in`` and iteration go over the keys; a State is true even when empty.
     """
 
     def __getitem__(self, key: str) -> Any:
@@ -36,6 +36,10 @@ class State(SimpleNamespace):
 
     def __len__(self) -> int:
         return len(self.__dict__)
+
+    def __bool__(self) -> bool:
+        # A namespace, not a container: an empty context is still a context.
+        return True
 
 
 def assign(context: object, key: str, value: object) -> None:

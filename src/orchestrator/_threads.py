@@ -25,7 +25,17 @@ _IDLE_SECONDS = 60.0
 
 
 class _Job:
-    __slots__ = ("abandoned", "args", "context", "finished", "fn", "future", "kwargs", "loop")
+    __slots__ = (
+        "abandoned",
+        "args",
+        "context",
+        "finished",
+        "fn",
+        "future",
+        "kwargs",
+        "loop",
+        "started",
+    )
 
     def __init__(
         self,
@@ -42,14 +52,19 @@ class _Job:
         self.kwargs = kwargs
         # The contextvars go along so that get_state() works inside the thread.
         self.context = contextvars.copy_context()
+        # The three flags below change under the pool's lock only.
+        self.started = False
         self.abandoned = False
         self.finished = False
 
     def run(self) -> None:
-        if self.abandoned:
-            return
         try:
             result = self.context.run(self.fn, *self.args, **self.kwargs)
+        except StopIteration as exc:
+            # A future cannot hold StopIteration; turn it into what a coroutine would raise.
+            error = RuntimeError(f"{self.fn!r} raised StopIteration")
+            error.__cause__ = exc
+            self._deliver(_set_exception, error)
         except BaseException as exc:
             self._deliver(_set_exception, exc)
         else:
@@ -74,7 +89,11 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 
 
 class WorkerPool:
-    """A thread pool whose limit counts only threads working for a caller still waiting."""
+    """A thread pool whose limit counts only threads working for a caller still waiting.
+
+    A job abandoned before a worker took it is skipped without running; one abandoned while
+    running stops counting against the limit at once.
+    """
 
     def __init__(self, max_workers: int) -> None:
         self._max = max_workers
@@ -103,6 +122,11 @@ class WorkerPool:
             self._abandon(job)
             raise
 
+    def busy(self) -> int:
+        """How many jobs are queued or running for a caller still waiting (a snapshot)."""
+        with self._lock:
+            return self._threads - self._abandoned - self._idle + self._backlog
+
     def _submit(self, job: _Job) -> None:
         with self._lock:
             self._jobs.put(job)
@@ -115,7 +139,7 @@ class WorkerPool:
     def _abandon(self, job: _Job) -> None:
         with self._lock:
             job.abandoned = True
-            if not job.finished:
+            if job.started and not job.finished:
                 self._abandoned += 1
                 self._grow()
 
@@ -137,10 +161,15 @@ class WorkerPool:
                         self._threads -= 1
                         return
                 continue
-            job.run()
+            with self._lock:
+                # Task.cancel() cancels the future at once, before the task runs its handler
+                # that abandons the job: checking both skips every job nobody waits for.
+                job.started = not (job.abandoned or job.future.cancelled())
+            if job.started:
+                job.run()
             with self._lock:
                 job.finished = True
-                if job.abandoned:
+                if job.abandoned and job.started:
                     # Counted as abandoned since the job was; it works for the pool again now.
                     self._abandoned -= 1
                 if self._backlog:
@@ -161,3 +190,13 @@ def pool() -> WorkerPool:
             if _pool is None:
                 _pool = WorkerPool(min(32, (os.cpu_count() or 1) + 4))
     return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child has none of the parent's threads, only its counters: start afresh.
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
