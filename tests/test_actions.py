@@ -374,3 +374,53 @@ def test_action_repr_mentions_name():
 
     assert "get_shipping_options" in repr(orch.action(get_shipping_options))
     assert "'shipping'" in repr(orch.action(get_shipping_options, name="shipping"))
+
+
+# Review regressions ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_sync_action_raising_stop_iteration_raises_runtime_error_caused_by_it(inline):
+    orch = Orchestrator()
+
+    @orch.action(inline=inline)
+    def first(items):
+        return next(iter(items))  # StopIteration on an empty list
+
+    async def body():
+        # A guard, so that a call that never finishes fails the test instead of hanging it.
+        async with asyncio.timeout(1):
+            return await first([7]), await first([])
+
+    with pytest.raises(RuntimeError) as info:
+        orch.run_sync(body)
+    assert isinstance(info.value.__cause__, StopIteration)
+    assert not isinstance(info.value, TimeoutError)
+
+
+def test_action_made_from_an_async_action_runs_on_the_loop_thread_without_a_worker(monkeypatch):
+    from orchestrator import _threads
+
+    orch = Orchestrator()
+    hops = []
+    real_run = _threads.WorkerPool.run
+
+    async def spy(self, fn, args, kwargs):
+        hops.append(fn)
+        return await real_run(self, fn, args, kwargs)
+
+    monkeypatch.setattr(_threads.WorkerPool, "run", spy)
+
+    @orch.action
+    async def inner(value):
+        return value, threading.get_ident()
+
+    outer = orch.action(inner, name="outer")
+
+    async def body():
+        return threading.get_ident(), await outer("v")
+
+    loop_thread, (value, ident) = orch.run_sync(body)
+    assert value == "v"
+    assert ident == loop_thread
+    assert hops == []  # no hop to a worker thread on the way

@@ -424,3 +424,69 @@ def test_refused_set_testing_leaves_the_switch_unchanged() -> None:
         with pytest.raises(KeyError):
             orch.run_sync(failing)
     assert calls == [1]
+
+
+# --- review regressions --------------------------------------------------------------------
+
+
+def test_inline_with_a_retry_deadline_is_a_value_error_at_definition() -> None:
+    with raises(ValueError, "inline", "deadline"):
+        Orchestrator().action(sync_noop, inline=True, retry=RetryPolicy(retries=2, deadline=0.1))
+
+
+def test_inline_with_a_retry_deadline_in_decorator_options_fails_before_decoration() -> None:
+    with raises(ValueError, "inline", "deadline"):
+        Orchestrator().action(inline=True, retry=RetryPolicy(deadline=1.0))
+
+
+def test_set_testing_off_with_max_attempts_is_a_value_error() -> None:
+    # The outer switch restores the previous setting, whatever the inner call does.
+    with set_testing(False):
+        with raises(ValueError, "max_attempts"):
+            set_testing(False, max_attempts=2)
+        with raises(ValueError, "max_attempts"):
+            set_testing(enabled=False, max_attempts=1)
+
+
+def raises_at_the_call(call: Callable[[], object], kind: type[Exception], *fragments: str) -> None:
+    """``call()`` itself raises; no coroutine is left behind to warn that it was never awaited."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with raises(kind, *fragments):
+            call()  # no await: the error comes from the call itself
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def test_run_with_a_non_callable_body_raises_at_the_call() -> None:
+    orch = Orchestrator()
+    raises_at_the_call(lambda: orch.run(5), TypeError, "body", "callable", "5")  # type: ignore[call-overload]
+    raises_at_the_call(lambda: orch.run(noop, run_id=3), TypeError, "run_id", "3")
+    raises_at_the_call(lambda: orch.run(noop, run_id=""), ValueError, "run_id")
+
+
+def test_parallel_group_call_with_a_wrong_count_raises_at_the_call() -> None:
+    orch = Orchestrator()
+    group = orch.parallel([noop, noop])
+    raises_at_the_call(lambda: group(1, 2, 3), ValueError, "2 members", "3 arguments")
+
+    async def body() -> None:
+        raises_at_the_call(lambda: group(1), ValueError, "2 members", "1 arguments")
+
+    orch.run_sync(body)
+
+
+def test_parallel_group_call_outside_a_run_raises_at_the_call() -> None:
+    orch = Orchestrator()
+    group = orch.parallel([noop])
+    raises_at_the_call(group, OutsideRunError, "parallel group", "outside a run")
+
+
+def test_map_outside_a_run_raises_at_the_call() -> None:
+    orch = Orchestrator()
+    act = orch.action(noop)
+    raises_at_the_call(lambda: orch.map(act, [1, 2]), OutsideRunError, "map()", "outside a run")
+    raises_at_the_call(lambda: orch.map(act, 5), TypeError, "items", "5")  # type: ignore[arg-type]

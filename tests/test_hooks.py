@@ -991,3 +991,125 @@ def test_timestamps_of_a_run_come_from_one_clock_and_agree_with_durations() -> N
         assert elapsed == pytest.approx(done.duration / 1000, abs=1e-6)
         assert done.duration >= 10
     assert end.timestamp - begin.timestamp == pytest.approx(end.total_duration / 1000, abs=1e-6)
+
+
+# Review regressions ------------------------------------------------------------------------
+
+
+def test_begin_event_kwargs_are_read_only_and_the_function_gets_the_original() -> None:
+    orch = Orchestrator()
+    refused: list[BaseException] = []
+    seen: list[dict[str, Any]] = []
+
+    def tamper(event: Any) -> None:
+        seen.append(dict(event.kwargs))
+        try:
+            event.kwargs["amount"] = 10**6
+        except TypeError as exc:
+            refused.append(exc)
+
+    orch.on_task_begin(tamper)
+
+    @orch.action
+    async def pay(*, amount: int) -> int:
+        return amount
+
+    assert orch.run_sync(lambda: pay(amount=5)) == 5
+    assert seen == [{"amount": 5}]
+    assert len(refused) == 1
+    assert isinstance(refused[0], TypeError)
+
+
+def test_hook_registered_mid_run_sees_nearest_observed_ancestor_as_parent() -> None:
+    orch = Orchestrator()
+    recorders: list[EventRecorder[Any]] = []
+
+    @orch.action
+    async def inner(tag: str) -> str:
+        return tag
+
+    @orch.action
+    async def outer(tag: str) -> str:
+        if tag == "before":
+            # This call started while no task hook was registered, so it is not observed.
+            recorders.append(EventRecorder(orch))
+        return await inner(tag)
+
+    async def body() -> list[str]:
+        return [await outer("before"), await outer("after")]
+
+    assert orch.run_sync(body) == ["before", "after"]
+    (recorder,) = recorders
+    begins = [(e.name, e.args, e.task_id, e.parent_id) for e in recorder.events("task_begin")]
+    assert [(name, args) for name, args, _, _ in begins] == [
+        ("inner", ("before",)),
+        ("outer", ("after",)),
+        ("inner", ("after",)),
+    ]
+    (_, _, _, first_parent), (_, _, outer_id, outer_parent), (_, _, _, inner_parent) = begins
+    assert first_parent is None  # its outer call was never observed
+    assert outer_parent is None
+    assert inner_parent == outer_id
+    completions = {(e.name, e.result): e.parent_id for e in recorder.events("task_completion")}
+    assert completions == {
+        ("inner", "before"): None,
+        ("inner", "after"): outer_id,
+        ("outer", "after"): None,
+    }
+
+
+def test_only_events_that_a_hook_listens_for_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator import TaskCompletionEvent, _action, _run
+
+    built: list[type] = []
+    real_new = _action._new
+
+    def counting_new(cls: type, values: tuple[Any, ...]) -> Any:
+        built.append(cls)
+        return real_new(cls, values)
+
+    monkeypatch.setattr(_action, "_new", counting_new)
+
+    def counting(real: Any) -> Any:
+        def build(*args: Any) -> Any:
+            built.append(real)
+            return real(*args)
+
+        return build
+
+    monkeypatch.setattr(_action, "TaskRetryEvent", counting(_action.TaskRetryEvent))
+    for name in ("ProcessBeginEvent", "ProcessErrorEvent", "ProcessCompletionEvent"):
+        monkeypatch.setattr(_run, name, counting(getattr(_run, name)))
+
+    orch = Orchestrator()
+    completions: list[Any] = []
+    orch.on_task_completion(completions.append)
+    attempts: list[int] = []
+
+    @orch.action
+    async def ok() -> str:
+        return "ok"
+
+    @orch.action(retry=1)
+    async def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise WorkError("once")
+        return "again"
+
+    @orch.action
+    async def broken() -> None:
+        raise WorkError("broken")
+
+    async def body() -> None:
+        await ok()
+        await flaky()
+        with pytest.raises(WorkError):
+            await broken()
+        raise WorkError("the run fails too")
+
+    with set_testing(True), pytest.raises(WorkError, match="the run fails too"):
+        orch.run_sync(body)
+    # Begin, retry, error and process events had no listener, so none was built.
+    assert built == [TaskCompletionEvent] * 3
+    assert [(e.name, e.attempts) for e in completions] == [("ok", 1), ("flaky", 2), ("broken", 1)]

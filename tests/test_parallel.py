@@ -854,3 +854,210 @@ def test_an_action_of_another_orchestrator_as_member_fails_with_outside_run_erro
         orch.run_sync(body)
     (error,) = info.value.exceptions
     assert isinstance(error, OutsideRunError)
+
+
+# A member's own cancellation, BaseException at a call, hand-built groups ----------------------
+
+
+def completions_by_member(recorder: EventRecorder[Any]) -> list[tuple[str, Any, Any]]:
+    """(name, result, error type or None) of each task completion, sorted by task id."""
+    events = sorted(recorder.events("task_completion"), key=lambda e: e.task_id)
+    return [(e.name, e.result, type(e.error) if e.error else None) for e in events]
+
+
+@pytest.mark.parametrize("concurrency", [None, 1])
+def test_without_fail_fast_a_members_own_cancellation_lets_the_others_finish_then_raises(
+    concurrency: int | None,
+) -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+
+    @orch.action
+    async def waits(fut: asyncio.Future[str]) -> str:
+        return await fut  # cancelled by someone else, not by the group or its caller
+
+    @orch.action
+    async def other(tag: str) -> str:
+        await asyncio.sleep(0.03)  # still running when the future is cancelled
+        return tag
+
+    @orch.action
+    async def fails(tag: str) -> None:
+        await asyncio.sleep(0.03)
+        raise WorkError(tag)
+
+    async def body() -> int:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        loop.call_later(0.01, fut.cancel)
+        group = orch.parallel([waits, other, fails, other], concurrency=concurrency)
+        with pytest.raises(asyncio.CancelledError):
+            await group(fut, "b", "c", "d")
+        current = asyncio.current_task()
+        assert current is not None
+        return current.cancelling()  # nobody cancelled the caller
+
+    assert orch.run_sync(body) == 0
+    assert completions_by_member(recorder) == [
+        ("waits", None, asyncio.CancelledError),
+        ("other", "b", None),
+        ("fails", None, WorkError),
+        ("other", "d", None),
+    ]
+    assert recorder.points()[-1] == "process_completion"
+    assert "process_error" not in recorder.points()
+
+
+def test_map_with_concurrency_one_goes_on_after_an_items_own_cancellation() -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+    ran: list[int] = []
+    futures: list[asyncio.Future[int]] = []
+
+    @orch.action
+    async def step(item: int) -> int:
+        ran.append(item)
+        if item == 0:
+            return await futures[0]
+        return item * 10
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        futures.append(loop.create_future())
+        loop.call_later(0.01, futures[0].cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await orch.map(step, [0, 1, 2, 3], concurrency=1)
+
+    orch.run_sync(body)
+    assert ran == [0, 1, 2, 3]
+    assert completions_by_member(recorder) == [
+        ("step", None, asyncio.CancelledError),
+        ("step", 10, None),
+        ("step", 20, None),
+        ("step", 30, None),
+    ]
+
+
+def test_with_fail_fast_a_members_own_cancellation_stops_the_group() -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+
+    @orch.action
+    async def waits(fut: asyncio.Future[str]) -> str:
+        return await fut
+
+    @orch.action
+    async def forever(_: object) -> None:
+        await asyncio.Event().wait()
+
+    async def body() -> float:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        loop.call_later(0.01, fut.cancel)
+        start = loop.time()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(1):  # a guard: a group that is not stopped times out
+                await orch.parallel([waits, forever], fail_fast=True)(fut, None)
+        return loop.time() - start
+
+    assert orch.run_sync(body) < 0.3
+    assert completions_by_member(recorder) == [
+        ("waits", None, asyncio.CancelledError),
+        ("forever", None, asyncio.CancelledError),
+    ]
+
+
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit])
+def test_a_sync_member_raising_a_base_exception_at_its_call_leaves_no_member_running(
+    kind: type[BaseException],
+) -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+
+    @orch.action
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        return "late"
+
+    def interrupt() -> None:
+        raise kind("stop")
+
+    async def body() -> None:
+        await orch.parallel([slow, slow, interrupt, slow])()
+
+    async def main() -> set[asyncio.Task[Any]]:
+        with pytest.raises(kind):
+            await orch.run(body)
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        await asyncio.sleep(0.1)  # a member left running would now begin and complete
+        return left
+
+    assert asyncio.run(main()) == set()
+    points = recorder.points()
+    # Whatever began also completed, all before process completion, which came last.
+    assert points[-1] == "process_completion"
+    assert points.count("task_begin") == points.count("task_completion")
+    (error,) = [e.error for e in recorder.events("process_completion")]
+    assert isinstance(error, kind)
+
+
+def test_parallel_error_built_by_hand_works_with_except_star_and_split() -> None:
+    first, second, third = ValueError("a"), TypeError("b"), ValueError("c")
+    group = ParallelError("by hand", [first, second, third])
+    assert group.indices == (0, 1, 2)
+
+    values, rest = group.split(ValueError)
+    assert isinstance(values, ParallelError)
+    assert isinstance(rest, ParallelError)
+    assert list(values.exceptions) == [first, third]
+    assert values.indices == (0, 2)
+    assert list(rest.exceptions) == [second]
+    assert rest.indices == (1,)
+
+    caught: dict[str, BaseExceptionGroup[Any]] = {}
+    try:
+        raise group
+    except* ValueError as found:
+        caught["values"] = found
+    except* TypeError as found:
+        caught["types"] = found
+    assert list(caught["values"].exceptions) == [first, third]
+    assert list(caught["types"].exceptions) == [second]
+
+
+def test_cancelling_a_concurrency_limited_map_cancels_every_started_item() -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+    started: list[int] = []
+    cleaned: list[int] = []
+
+    async def body(two_started: asyncio.Event) -> None:
+        @orch.action
+        async def item(index: int) -> None:
+            started.append(index)
+            if len(started) == 2:
+                two_started.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                cleaned.append(index)
+
+        await orch.map(item, range(6), concurrency=2)
+
+    async def main() -> set[asyncio.Task[Any]]:
+        two_started = asyncio.Event()
+        task = asyncio.create_task(orch.run(body, two_started))
+        await asyncio.wait_for(two_started.wait(), 1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1.0)
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert asyncio.run(main()) == set()
+    assert started == [0, 1]  # later items never start
+    assert sorted(cleaned) == [0, 1]
+    assert completions_by_member(recorder) == [
+        ("item", None, asyncio.CancelledError),
+        ("item", None, asyncio.CancelledError),
+    ]
+    assert recorder.points()[-2:] == ["process_error", "process_completion"]

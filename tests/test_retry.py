@@ -659,3 +659,44 @@ def test_timeout_shorter_than_the_deadline_is_kept() -> None:
         orch.run_sync(hangs)
     assert info.value.deadline is False
     assert info.value.seconds == 0.03
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_slow_retry_hook_past_the_deadline_starts_no_attempt_and_raises_the_last_error(
+    kind: str,
+) -> None:
+    orch = Orchestrator()
+    recorder = EventRecorder(orch)
+    raised: list[Boom] = []
+    policy = RetryPolicy(retries=5, delay=0.01, backoff=1.0, jitter=0, deadline=0.1)
+
+    async def slow_retry_hook(event: TaskRetryEvent) -> None:
+        await asyncio.sleep(0.15)  # outlasts what is left of the deadline
+
+    orch.on_task_retry(slow_retry_hook)
+
+    def fail() -> None:
+        raised.append(Boom(f"attempt {len(raised) + 1}"))
+        raise raised[-1]
+
+    async def flaky_async() -> None:
+        fail()
+
+    def flaky_sync() -> None:
+        fail()
+
+    flaky = orch.action(flaky_async if kind == "async" else flaky_sync, retry=policy)
+    start = time.perf_counter()
+    with set_testing(False), pytest.raises(Boom) as info:
+        orch.run_sync(flaky)
+    elapsed = time.perf_counter() - start
+    # The deadline passed during the hook: no second attempt, and the first attempt's own
+    # exception is raised, not an ActionTimeout with a negative limit.
+    assert len(raised) == 1
+    assert info.value is raised[0]
+    assert not isinstance(info.value, ActionTimeout)
+    assert elapsed < 0.15 + 0.1
+    assert [e.attempt for e in recorder.events("task_retry")] == [1]
+    (completion,) = recorder.events("task_completion")
+    assert completion.error is raised[0]
+    assert completion.attempts == 1

@@ -415,3 +415,16 @@ def test_concurrent_runs_never_see_each_others_context():
         assert all(view[1] is ctx and view[2] is ctx for view in mine)
         assert [view[3] for view in mine] == [None] + [run_id] * 9
     assert len(hook_views) == 20
+
+
+def test_an_empty_state_is_truthy() -> None:
+    assert bool(State()) is True
+    orch = Orchestrator()
+
+    async def body() -> tuple[bool, int, bool]:
+        ctx = orch.get_state()
+        # The usual `ctx or fallback` must keep the run's context even while it is empty.
+        chosen = ctx or None
+        return bool(ctx), len(ctx), chosen is ctx
+
+    assert orch.run_sync(body) == (True, 0, True)

@@ -181,8 +181,9 @@ def test_timed_out_threads_do_not_starve_later_sync_actions() -> None:
 
     try:
         elapsed = orch.run_sync(body)
-        # Every timed-out call really started a thread that is still blocking.
-        assert sorted(blocked) == list(range(20))
+        # Far more timed-out calls than the pool's 6 workers really started a thread that is
+        # still blocking. (A call whose timeout fires before a thread took it never runs.)
+        assert len(set(blocked)) >= 12
         assert not release.is_set()
     finally:
         release.set()

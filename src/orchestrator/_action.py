@@ -86,7 +86,7 @@ class Action(Generic[P, R]):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
         if name == "":
-            raise ValueError("name must not be empty, got ''")
+            raise ValueError("name must be a non-empty str or None, got ''")
         self._policy = as_policy(retry)
         self._timeout = _checks.seconds("timeout", timeout, allow_zero=False, allow_none=True)
         _checks.flag("inline", inline)
@@ -278,13 +278,18 @@ class Action(Generic[P, R]):
     ) -> R:
         policy: RetryPolicy = self._policy  # type: ignore[assignment]
         timeout = self._timeout
-        deadline = None if policy.deadline is None else time.monotonic() + policy.deadline
+        deadline = None
+        clock: Callable[[], float] = time.monotonic  # read only when there is a deadline
+        if policy.deadline is not None:
+            # The deadline runs on the event loop's clock, the one asyncio's timeouts use.
+            clock = asyncio.get_running_loop().time
+            deadline = clock() + policy.deadline
         attempt = 0
         last: Exception | None = None
         while True:
             limit, by_deadline = timeout, False
             if deadline is not None:
-                left = deadline - time.monotonic()
+                left = deadline - clock()
                 if last is not None and left <= 0:
                     # Slow retry hooks or a late wake-up used up the budget: no more attempts.
                     raise last
@@ -314,7 +319,7 @@ class Action(Generic[P, R]):
                     wait = policy.wait(attempt)
                 if testing:
                     wait = 0.0
-                if deadline is not None and time.monotonic() + wait >= deadline:
+                if deadline is not None and clock() + wait >= deadline:
                     raise
                 if tally is not None and self._hooks.task_retry:
                     run = tally.run

@@ -6,6 +6,7 @@ what is expected, so that a mistake surfaces where it was made rather than deep 
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -57,6 +58,17 @@ def flag(name: str, value: object) -> bool:
 
 
 def callable_(name: str, value: Any) -> None:
-    """Raise ``TypeError`` unless ``value`` is callable."""
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {value!r} of type {type(value).__name__}")
+    """Raise ``TypeError`` unless ``value`` is callable.
+
+    A coroutine object (``main()`` passed for ``main``) is closed first, so that the mistake
+    is reported once, here, and not again as "coroutine was never awaited".
+    """
+    if callable(value):
+        return
+    if inspect.iscoroutine(value):
+        value.close()
+        raise TypeError(
+            f"{name} must be callable, got the coroutine {value!r}; "
+            "pass the function itself, not the result of calling it"
+        )
+    raise TypeError(f"{name} must be callable, got {value!r} of type {type(value).__name__}")

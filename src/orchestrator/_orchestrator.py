@@ -144,8 +144,8 @@ class Orchestrator(Generic[C]):
             copy.deepcopy(value)
         except Exception as exc:
             raise TypeError(
-                f"the default for {key!r} cannot be deep-copied ({exc}); each run needs its own "
-                "copy, so create such a value in an on_process_begin hook instead"
+                f"the default for {key!r}, {value!r}, cannot be deep-copied ({exc}); each run "
+                "needs its own copy, so create such a value in an on_process_begin hook instead"
             ) from exc
         self._defaults[key] = value
         return self
@@ -274,7 +274,7 @@ class Orchestrator(Generic[C]):
         elif not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {run_id!r}")
         elif not run_id:
-            raise ValueError("run_id must not be empty")
+            raise ValueError("run_id must be a non-empty str or None, got ''")
         run = Run(run_id, new_context(self._factory, self._defaults))
         return execute(self._frames, self._hooks, run, body, args, kwargs)
 
@@ -334,7 +334,7 @@ class Orchestrator(Generic[C]):
 
         """
         if isinstance(actions, str | bytes) or not isinstance(actions, Iterable):
-            raise TypeError(f"actions must be a list of actions, got {actions!r}")
+            raise TypeError(f"actions must be an iterable of actions, got {actions!r}")
         members = list(actions)
         for index, member in enumerate(members):
             _checks.callable_(f"actions[{index}]", member)

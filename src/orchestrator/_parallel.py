@@ -160,8 +160,8 @@ async def gather(
         _spawn_all(group, size, start)
     else:
         _spawn_workers(group, size, start, concurrency)
-    await _join(group)
-    return _outcome(group, size, label)
+    cancelled = await _join(group)
+    return _outcome(group, size, label, cancelled)
 
 
 def _spawn_all(group: _Group, size: int, start: Callable[[int], Any]) -> None:
@@ -221,9 +221,9 @@ def _spawn_workers(group: _Group, size: int, start: Callable[[int], Any], concur
         group.tasks.append(task)
 
 
-async def _join(group: _Group) -> None:
-    # Like asyncio.TaskGroup: if the caller is cancelled, cancel the tasks, wait until each has
-    # ended (its completion hooks fired), and only then let the cancellation out.
+async def _join(group: _Group) -> bool:
+    # Like asyncio.TaskGroup: if the caller is cancelled, cancel the tasks and wait until each
+    # has ended (its completion hooks fired). Returns whether the caller was cancelled.
     loop = asyncio.get_running_loop()
     cancelled = False
     while group.pending:
@@ -236,11 +236,10 @@ async def _join(group: _Group) -> None:
             for task in group.tasks:
                 if task is not None:
                     task.cancel()
-    if cancelled:
-        raise asyncio.CancelledError()
+    return cancelled
 
 
-def _outcome(group: _Group, size: int, label: str) -> list[Any]:
+def _outcome(group: _Group, size: int, label: str, cancelled: bool) -> list[Any]:
     for index, task in enumerate(group.tasks):
         if task is None or task.cancelled():
             continue
@@ -250,13 +249,19 @@ def _outcome(group: _Group, size: int, label: str) -> list[Any]:
                 group.results[index] = task.result()
             elif isinstance(exc, Exception):
                 group.errors[index] = exc
-    if group.first is not None:
-        raise group.first
-    if group.stray:
-        # A call was cancelled by someone other than the group or its caller: there is no
-        # result to return for it, so the cancellation goes on, as with asyncio.gather. The
-        # other calls ran to their end; their failures are in their completion events.
-        raise asyncio.CancelledError()
+    if cancelled or group.first is not None or group.stray:
+        # The group raises one exception, the caller's cancellation or the first failure; any
+        # other failure is named in a note on it, since Python has no slot for it there.
+        # (A stray cancellation: as asyncio.gather does, there is no result to return.)
+        error = group.first
+        if cancelled or error is None:
+            error = asyncio.CancelledError()
+        others = [(i, e) for i, e in sorted(group.errors.items()) if e is not error]
+        for index, other in others[:_NOTED]:
+            error.add_note(f"{label[:-1]} {index} also failed: {other!r}")
+        if len(others) > _NOTED:
+            error.add_note(f"... and {len(others) - _NOTED} more {label}")
+        raise error
     if group.errors:
         indices = sorted(group.errors)
         raise ParallelError(
@@ -265,3 +270,6 @@ def _outcome(group: _Group, size: int, label: str) -> list[Any]:
             indices,
         )
     return group.results
+
+
+_NOTED = 10  # failures named in notes at most

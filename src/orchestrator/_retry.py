@@ -113,7 +113,10 @@ class RetryPolicy:
 def _check_retry_on(retry_on: object) -> None:
     types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     if isinstance(retry_on, tuple) and not retry_on:
-        raise ValueError("RetryPolicy.retry_on must not be an empty tuple")
+        raise ValueError(
+            "RetryPolicy.retry_on must be an exception type, a non-empty tuple of them, "
+            "or a predicate, got ()"
+        )
     if not isinstance(retry_on, type | tuple) and callable(retry_on):
         return
     for kind in types:
@@ -181,7 +184,10 @@ class set_testing:
         if max_attempts is not None:
             _checks.count("max_attempts", max_attempts, minimum=1)
             if not enabled:
-                raise ValueError("max_attempts applies in testing mode only; pass enabled=True")
+                raise ValueError(
+                    f"max_attempts={max_attempts!r} applies in testing mode only, but enabled is "
+                    "False; pass enabled=True or drop max_attempts"
+                )
         self._previous = _testing
         _testing = (enabled, max_attempts)
 

@@ -41,6 +41,8 @@ class EventRecorder(Generic[C]):
     """
 
     def __init__(self, orchestrator: Orchestrator[C]) -> None:
+        if not isinstance(orchestrator, Orchestrator):
+            raise TypeError(f"orchestrator must be an Orchestrator, got {orchestrator!r}")
         self.records: list[Recorded] = []
         """Every event so far, in the order fired."""
         for point in POINTS:

@@ -1,0 +1,189 @@
+"""Randomized workflows: what a scenario is made of, and the Hypothesis strategy that draws one.
+
+A scenario is a few concurrent runs of one orchestrator. Each run executes a workflow: a
+sequence of steps, each a call of an action or a group (`parallel` or `map`) of calls. An async
+action may run a nested workflow inside each attempt (actions calling actions). Every attempt of
+every call has a drawn outcome. All durations are in virtual seconds (see `clock.py`); each is
+spread by a factor unique to its place in the scenario, so that no two things in a scenario
+happen at the same instant by accident and the oracle can order them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hypothesis import strategies as st
+
+OutcomeKind = Literal["ok", "retryable", "fatal", "hang"]
+HookPoint = Literal["begin", "retry", "error", "completion"]
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def spread(base: float, key: int, width: float = 0.3) -> float:
+    """``base`` stretched by a factor in [1, 1 + width) that depends on ``key`` only."""
+    return base * (1 + width * ((key * GOLDEN) % 1.0))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt does: work for ``duration``, then return or raise; or hang."""
+
+    kind: OutcomeKind
+    duration: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call site: an action with its options, the outcomes of its attempts, and more."""
+
+    site: int
+    sync: bool
+    retries: int
+    timeout: float | None
+    deadline: float | None
+    delay: float
+    outcomes: tuple[Outcome, ...]  # one per possible attempt
+    inner: tuple[Step, ...]  # run inside each attempt (async actions only)
+    raising_hook: HookPoint | None
+    action: str  # the action's name: its own, or the map's for a map item
+
+
+@dataclass(frozen=True)
+class Group:
+    """A `parallel()` group or a `map()` over calls that share one action's options."""
+
+    kind: Literal["parallel", "map"]
+    site: int  # names the map action; unused for parallel
+    fail_fast: bool
+    concurrency: int | None
+    members: tuple[Call, ...]
+
+
+Step = Call | Group
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: its workflow, and when (virtual time) it is cancelled from outside, if ever."""
+
+    steps: tuple[Step, ...]
+    cancel_at: float | None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Concurrent runs of one orchestrator."""
+
+    runs: tuple[RunSpec, ...]
+    sites: dict[int, Call] = field(hash=False, compare=False)
+
+
+class _Sites:
+    def __init__(self) -> None:
+        self.next = 1
+
+    def take(self) -> int:
+        site = self.next
+        self.next += 1
+        return site
+
+
+@st.composite
+def _call(
+    draw: st.DrawFn,
+    sites: _Sites,
+    depth: int,
+    bounded: bool,
+    template: Call | None = None,
+    map_site: int | None = None,
+) -> Call:
+    site = sites.take()
+    action = f"s{site}" if map_site is None else f"m{map_site}"
+    if template is not None:  # a map item: the action's options are the map's
+        sync, retries, timeout, deadline, delay = (
+            template.sync,
+            template.retries,
+            template.timeout,
+            template.deadline,
+            template.delay,
+        )
+    else:
+        sync = draw(st.booleans())
+        retries = draw(st.integers(0, 3))
+        timeout = draw(st.sampled_from([None, None, 0.01, 0.05, 0.3]))
+        deadline = draw(st.sampled_from([None, None, None, 0.04, 0.2])) if retries else None
+        delay = draw(st.sampled_from([0.0, 0.004, 0.03]))
+        timeout = None if timeout is None else spread(timeout, 7 * site + 1, 0.05)
+        deadline = None if deadline is None else spread(deadline, 7 * site + 2, 0.05)
+        delay = spread(delay, 7 * site + 3)
+    limited = bounded or timeout is not None or deadline is not None
+    kinds: list[OutcomeKind] = ["ok", "ok", "retryable", "fatal"]
+    if limited:
+        kinds.append("hang")
+    outcomes = tuple(
+        Outcome(
+            draw(st.sampled_from(kinds)),
+            spread(draw(st.sampled_from([0.001, 0.006, 0.02, 0.1])), 31 * site + attempt),
+        )
+        for attempt in range(retries + 1)
+    )
+    inner: tuple[Step, ...] = ()
+    if not sync and depth < 2 and map_site is None and draw(st.integers(0, 3)) == 0:
+        inner = draw(_steps(sites, depth + 1, limited))
+    hook = draw(
+        st.sampled_from([None] * 12 + ["begin", "retry", "error", "completion"])  # type: ignore[list-item]
+    )
+    return Call(site, sync, retries, timeout, deadline, delay, outcomes, inner, hook, action)
+
+
+@st.composite
+def _group(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool) -> Group:
+    kind = draw(st.sampled_from(["parallel", "map"]))
+    site = sites.take()
+    fail_fast = draw(st.booleans())
+    size = draw(st.integers(1, 4))
+    concurrency = draw(st.sampled_from([None, None, 1, 2]))
+    if kind == "parallel":
+        members = tuple(draw(_call(sites, depth + 1, bounded)) for _ in range(size))
+    else:
+        template = draw(_call(sites, depth + 1, bounded, map_site=site))
+        others = [draw(_call(sites, depth + 1, bounded, template, site)) for _ in range(size - 1)]
+        members = (template, *others)
+    return Group(kind, site, fail_fast, concurrency, members)
+
+
+@st.composite
+def _steps(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool) -> tuple[Step, ...]:
+    count = draw(st.integers(1, 3 if depth == 0 else 2))
+    steps: list[Step] = []
+    for _ in range(count):
+        if depth < 2 and draw(st.integers(0, 2)) == 0:
+            steps.append(draw(_group(sites, depth, bounded)))
+        else:
+            steps.append(draw(_call(sites, depth, bounded)))
+    return tuple(steps)
+
+
+def _collect(steps: tuple[Step, ...], into: dict[int, Call]) -> None:
+    for step in steps:
+        calls = step.members if isinstance(step, Group) else (step,)
+        for call in calls:
+            into[call.site] = call
+            _collect(call.inner, into)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    """Draw one scenario: one to three concurrent runs."""
+    sites = _Sites()
+    runs = []
+    for index in range(draw(st.integers(1, 3))):
+        cancel = draw(st.sampled_from([None, None, None, 0.003, 0.03, 0.15]))
+        cancel_at = None if cancel is None else spread(cancel, 1000 + index, 0.5)
+        runs.append(RunSpec(draw(_steps(sites, 0, cancel_at is not None)), cancel_at))
+    table: dict[int, Call] = {}
+    for run in runs:
+        _collect(run.steps, table)
+    return Scenario(tuple(runs), table)

@@ -1,0 +1,168 @@
+"""Randomized workflows: every promise of the library, under every mix of failures.
+
+Hypothesis draws whole scenarios (see model.py); harness.py runs each on a virtual-time event
+loop and records everything; this module checks the invariants and compares with what the
+oracle predicts from the scenario alone. A failure shrinks to a minimal scenario.
+
+ORCHESTRATOR_FUZZ_EXAMPLES sets the number of examples (default 300, about half a minute);
+ORCHESTRATOR_FUZZ_STATS names a JSON file that receives the run's figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import oracle
+from harness import Observation, describe, execute
+from hypothesis import HealthCheck, given, settings
+from model import Scenario, scenarios
+
+EXAMPLES = int(os.environ.get("ORCHESTRATOR_FUZZ_EXAMPLES", "300"))
+STATS: Counter[str] = Counter()
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    # The error, what it chains to, and the members of groups, all the way down.
+    todo, done = [error], set()
+    while todo:
+        current = todo.pop()
+        if id(current) in done:
+            continue
+        done.add(id(current))
+        yield current
+        for linked in (current.__context__, current.__cause__):
+            if linked is not None:
+                todo.append(linked)
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+
+
+def check_invariants(scenario: Scenario, seen: Observation) -> None:
+    points = [point for point, _, _ in seen.records]
+    for index in range(len(scenario.runs)):
+        run_id = f"r{index}"
+        mine = [(p, e, t) for p, e, t in seen.records if e.run_id == run_id]
+        kinds = [p for p, _, _ in mine]
+        assert kinds[0] == "process_begin", kinds
+        assert kinds[-1] == "process_completion", kinds
+        assert kinds.count("process_begin") == kinds.count("process_completion") == 1
+        failed = seen.outcomes[index][0] == "err"
+        assert kinds.count("process_error") == int(failed)
+        if failed:
+            assert kinds[-2] == "process_error"
+            assert mine[-1][1].error is mine[-2][1].error
+    tasks: dict[tuple[str, int], list[int]] = {}
+    for position, (point, event, _) in enumerate(seen.records):
+        if point.startswith("task_"):
+            tasks.setdefault((event.run_id, event.task_id), []).append(position)
+    for key, positions in tasks.items():
+        site = scenario.sites[seen.tokens[key].site]
+        events = [seen.records[p] for p in positions]
+        kinds = [p for p, _, _ in events]
+        assert kinds[0] == "task_begin", (key, kinds)
+        assert kinds[-1] == "task_completion", (key, kinds)
+        assert kinds.count("task_begin") == kinds.count("task_completion") == 1, (key, kinds)
+        completion = events[-1][1]
+        assert completion.attempts <= site.retries + 1
+        retries = kinds.count("task_retry")
+        assert retries in (completion.attempts - 1, completion.attempts), (key, kinds)
+        if retries and retries == completion.attempts:
+            # No attempt followed the last retry event: the retry hook raised, or the wait was
+            # cancelled (and an error or completion hook may have replaced the cancellation).
+            cancelled = any(isinstance(e, asyncio.CancelledError) for e in _chain(completion.error))
+            assert cancelled or site.raising_hook in ("retry", "error", "completion"), kinds
+        for point, event, _ in events:
+            if point == "task_retry":
+                assert not isinstance(event.error, asyncio.CancelledError)
+        if completion.error is None:
+            assert "task_error" not in kinds
+        else:
+            # The error event comes just before the completion, in the global order too.
+            position = positions[-1]
+            assert points[position - 1] == "task_error", (key, kinds)
+            assert seen.records[position - 1][1].task_id == completion.task_id
+        if site.deadline is not None:
+            elapsed = events[-1][2] - events[0][2]
+            assert elapsed <= site.deadline + 1e-9, (key, elapsed, site.deadline)
+    assert seen.context_violations == []
+    assert seen.pending_tasks == []
+    assert seen.busy_after == 0
+    _check_nothing_lost(seen)
+
+
+def _check_nothing_lost(seen: Observation) -> None:
+    # Every failure must reach the caller: in an event, in what a run raised (chains and
+    # groups included), or named in a note on what a run raised (a fail-fast group's others).
+    surfaced: set[int] = set()
+    notes: list[str] = []
+    for _, event, _ in seen.records:
+        error = getattr(event, "error", None)
+        if error is not None:
+            surfaced.update(id(e) for e in _chain(error))
+    for outcome, value in seen.outcomes:
+        if outcome == "err":
+            for linked in _chain(value):
+                surfaced.add(id(linked))
+                notes.extend(getattr(linked, "__notes__", ()))
+    for error, key, from_attempt in seen.raised:
+        if from_attempt and key in seen.abandoned:
+            continue  # an abandoned attempt's outcome is dropped by design
+        named = any(repr(error) in note for note in notes)
+        assert id(error) in surfaced or named, f"{error!r} was lost"
+
+
+def compare_with_oracle(scenario: Scenario, seen: Observation) -> None:
+    try:
+        predicted = [oracle.run(run) for run in scenario.runs]
+    except oracle.Ambiguous as tie:
+        STATS["ambiguous (invariants only)"] += 1
+        STATS[f"ambiguous: {tie}"] += 1
+        return
+    observed_attempts: dict[int, list[int]] = {}
+    for point, event, _ in seen.records:
+        if point == "task_completion":
+            site = seen.tokens[(event.run_id, event.task_id)].site
+            observed_attempts.setdefault(site, []).append(event.attempts)
+    expected_attempts: dict[int, list[int]] = {}
+    for index, (result, log) in enumerate(predicted):
+        kind, value = seen.outcomes[index]
+        observed = ("ok", value) if kind == "ok" else ("err", describe(value))
+        assert observed == result, f"run r{index}: observed {observed}, predicted {result}"
+        for site, attempts in log:
+            expected_attempts.setdefault(site, []).append(attempts)
+    for table in (observed_attempts, expected_attempts):
+        for attempts in table.values():
+            attempts.sort()
+    assert observed_attempts == expected_attempts
+    STATS["compared with the oracle"] += 1
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios())
+def test_random_workflows_keep_every_promise(scenario: Scenario) -> None:
+    seen = execute(scenario)
+    STATS["examples"] += 1
+    STATS["runs"] += len(scenario.runs)
+    STATS["calls begun"] += sum(1 for point, _, _ in seen.records if point == "task_begin")
+    for kind, count in seen.faults.items():
+        STATS[f"fault: {kind}"] += count
+    STATS["fault: raising hook"] += sum(
+        1 for error, _, from_attempt in seen.raised if not from_attempt
+    )
+    check_invariants(scenario, seen)
+    compare_with_oracle(scenario, seen)
+
+
+def teardown_module() -> None:
+    path = os.environ.get("ORCHESTRATOR_FUZZ_STATS")
+    if path:
+        with open(path, "w") as out:
+            json.dump(dict(sorted(STATS.items())), out, indent=2)
