@@ -22,6 +22,17 @@ class HookError(Exception):
     """What a failing hook raises in these tests."""
 
 
+# The points of a run whose body calls one action, which fails and fails the run.
+ONE_FAILED_TASK = [
+    "process_begin",
+    "task_begin",
+    "task_error",
+    "task_completion",
+    "process_error",
+    "process_completion",
+]
+
+
 def context_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc.__context__``, its ``__context__``, and so on."""
     seen = exc.__context__
@@ -472,14 +483,7 @@ def test_failing_task_gets_error_then_one_completion() -> None:
 
     with pytest.raises(WorkError):
         orch.run_sync(work)
-    assert recorder.points() == [
-        "process_begin",
-        "task_begin",
-        "task_error",
-        "task_completion",
-        "process_error",
-        "process_completion",
-    ]
+    assert recorder.points() == ONE_FAILED_TASK
     assert_paired(recorder)
     (completion,) = recorder.events("task_completion")
     assert_error_just_before_completion(recorder, completion.task_id)
@@ -495,14 +499,7 @@ def test_timed_out_task_gets_error_then_one_completion() -> None:
 
     with pytest.raises(ActionTimeout):
         orch.run_sync(hangs)
-    assert recorder.points() == [
-        "process_begin",
-        "task_begin",
-        "task_error",
-        "task_completion",
-        "process_error",
-        "process_completion",
-    ]
+    assert recorder.points() == ONE_FAILED_TASK
     assert_paired(recorder)
     (completion,) = recorder.events("task_completion")
     assert isinstance(completion.error, ActionTimeout)
@@ -553,14 +550,7 @@ def test_task_cancelled_from_outside_gets_error_then_one_completion() -> None:
             await asyncio.wait_for(task, 1.0)
 
     asyncio.run(main())
-    assert recorder.points() == [
-        "process_begin",
-        "task_begin",
-        "task_error",
-        "task_completion",
-        "process_error",
-        "process_completion",
-    ]
+    assert recorder.points() == ONE_FAILED_TASK
     assert_paired(recorder)
     (completion,) = recorder.events("task_completion")
     assert isinstance(completion.error, asyncio.CancelledError)
@@ -729,14 +719,7 @@ def test_raising_task_begin_hook_stops_the_action_before_it_starts() -> None:
             orch.run_sync(action)
         assert caught.value is hook_error
         assert called == []
-        assert recorder.points() == [
-            "process_begin",
-            "task_begin",
-            "task_error",
-            "task_completion",
-            "process_error",
-            "process_completion",
-        ]
+        assert recorder.points() == ONE_FAILED_TASK
         (failed,) = recorder.events("task_error")
         (completion,) = recorder.events("task_completion")
         assert failed.error is hook_error

@@ -226,10 +226,7 @@ class Action(Generic[P, R]):
                     ),
                 )
                 try:
-                    for hook in hooks.task_error:
-                        outcome = hook(failed)
-                        if outcome is not None and inspect.isawaitable(outcome):
-                            await outcome
+                    await fire(hooks.task_error, failed)
                 except BaseException as hook_exc:
                     error = hook_exc
                     raise
