@@ -1061,3 +1061,66 @@ def test_cancelling_a_concurrency_limited_map_cancels_every_started_item() -> No
         ("item", None, asyncio.CancelledError),
     ]
     assert recorder.points()[-2:] == ["process_error", "process_completion"]
+
+
+# Failures that the raised exception cannot hold are named in notes -------------------------
+
+
+def _member_with_raising_completion(orch: Orchestrator[Any]) -> Any:
+    @orch.action
+    async def slow_member() -> None:
+        await asyncio.Event().wait()  # cancelled
+
+    def complain(event: Any) -> None:
+        if event.name == "slow_member":
+            raise KeyError("cleanup failed while cancelled")
+
+    orch.on_task_completion(complain)
+    return slow_member
+
+
+def test_fail_fast_names_a_siblings_completion_hook_failure_in_a_note() -> None:
+    orch = Orchestrator()
+    slow_member = _member_with_raising_completion(orch)
+    boom = ValueError("first failure")
+
+    @orch.action
+    async def failing() -> None:
+        await asyncio.sleep(0)
+        raise boom
+
+    async def body() -> None:
+        await orch.parallel([slow_member, failing], fail_fast=True)()
+
+    with pytest.raises(ValueError, match="first failure") as info:
+        orch.run_sync(body)
+    assert info.value is boom
+    assert info.value.__notes__ == [
+        "parallel member 0 also failed: KeyError('cleanup failed while cancelled')"
+    ]
+
+
+def test_a_cancelled_group_names_a_members_completion_hook_failure_in_a_note() -> None:
+    orch = Orchestrator()
+    slow_member = _member_with_raising_completion(orch)
+    started = asyncio.Event()
+
+    @orch.action
+    async def signal() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def body() -> None:
+        await orch.map(lambda member: member(), [slow_member, signal])
+
+    async def main() -> None:
+        run = asyncio.ensure_future(orch.run(body))
+        await asyncio.wait_for(started.wait(), 1)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await run
+        assert info.value.__notes__ == [
+            "map item 0 also failed: KeyError('cleanup failed while cancelled')"
+        ]
+
+    asyncio.run(main())

@@ -700,3 +700,36 @@ def test_slow_retry_hook_past_the_deadline_starts_no_attempt_and_raises_the_last
     (completion,) = recorder.events("task_completion")
     assert completion.error is raised[0]
     assert completion.attempts == 1
+
+
+def test_the_deadline_is_measured_on_the_event_loops_clock() -> None:
+    # A loop whose clock runs ahead of the system's: ten seconds pass on it during one retry
+    # hook. On the loop's clock the 5-second deadline has then passed and no attempt follows;
+    # on time.monotonic() barely any time has passed and a second attempt would start.
+    class SkippingLoop(asyncio.SelectorEventLoop):
+        skipped = 0.0
+
+        def time(self) -> float:
+            return super().time() + self.skipped
+
+    loop = SkippingLoop()
+    loop.slow_callback_duration = 60.0  # debug mode times steps on this clock, too
+    orch = Orchestrator()
+    calls: list[int] = []
+
+    def skip_ahead(event: object) -> None:
+        loop.skipped += 10.0
+
+    orch.on_task_retry(skip_ahead)
+
+    @orch.action(retry=RetryPolicy(retries=3, delay=0.0, deadline=5.0))
+    async def flaky() -> None:
+        calls.append(len(calls) + 1)
+        raise ConnectionError(f"attempt {len(calls)}")
+
+    try:
+        with pytest.raises(ConnectionError, match="attempt 1"):
+            loop.run_until_complete(orch.run(flaky))
+    finally:
+        loop.close()
+    assert calls == [1]
