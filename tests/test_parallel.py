@@ -399,49 +399,43 @@ def test_without_fail_fast_except_star_works() -> None:
 # concurrency -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("limit", [1, 2, 3])
-def test_concurrency_limits_how_many_members_run_at_once(limit: int) -> None:
-    orch = Orchestrator()
-    active = 0
-    most = 0
+def _counting_member(orch: Orchestrator[Any]) -> tuple[Any, dict[str, int]]:
+    # An action that records how many of its calls run at once, at the most.
+    seen = {"active": 0, "most": 0}
 
     @orch.action
     async def member(index: int) -> int:
-        nonlocal active, most
-        active += 1
-        most = max(most, active)
+        seen["active"] += 1
+        seen["most"] = max(seen["most"], seen["active"])
         for _ in range(3):
             await asyncio.sleep(0)
-        active -= 1
-        return index
+        seen["active"] -= 1
+        return index * 10
+
+    return member, seen
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_concurrency_limits_how_many_members_run_at_once(limit: int) -> None:
+    orch = Orchestrator()
+    member, seen = _counting_member(orch)
 
     async def body() -> list[Any]:
         return await orch.parallel([member] * 7, concurrency=limit)(*range(7))
 
-    assert orch.run_sync(body) == list(range(7))
-    assert most == limit
+    assert orch.run_sync(body) == [0, 10, 20, 30, 40, 50, 60]
+    assert seen["most"] == limit
 
 
 def test_map_concurrency_limits_how_many_items_run_at_once() -> None:
     orch = Orchestrator()
-    active = 0
-    most = 0
-
-    @orch.action
-    async def member(index: int) -> int:
-        nonlocal active, most
-        active += 1
-        most = max(most, active)
-        for _ in range(3):
-            await asyncio.sleep(0)
-        active -= 1
-        return index * 10
+    member, seen = _counting_member(orch)
 
     async def body() -> list[Any]:
         return await orch.map(member, range(6), concurrency=2)
 
     assert orch.run_sync(body) == [0, 10, 20, 30, 40, 50]
-    assert most == 2
+    assert seen["most"] == 2
 
 
 # map -------------------------------------------------------------------------------------
