@@ -1,6 +1,6 @@
 """Side-by-side benchmarks of orchestrator and the tools a user would otherwise pick.
 
-    python benchmarks/run.py            # the full run (a few minutes)
+    python benchmarks/run.py            # the full run (about a minute)
     python benchmarks/run.py --quick    # a short run, as CI does
     python benchmarks/run.py --json results.json
 

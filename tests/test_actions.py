@@ -376,7 +376,7 @@ def test_action_repr_mentions_name():
     assert "'shipping'" in repr(orch.action(get_shipping_options, name="shipping"))
 
 
-# Review regressions ------------------------------------------------------------------------
+# Edge cases of the call path --------------------------------------------------------------
 
 
 @pytest.mark.parametrize("inline", [False, True])
@@ -424,3 +424,19 @@ def test_action_made_from_an_async_action_runs_on_the_loop_thread_without_a_work
     assert value == "v"
     assert ident == loop_thread
     assert hops == []  # no hop to a worker thread on the way
+
+
+def test_a_partial_of_an_async_action_is_async_too() -> None:
+    orch = Orchestrator()
+    threads: list[int] = []
+
+    @orch.action
+    async def fetch(user_id: str) -> str:
+        threads.append(threading.get_ident())
+        return user_id
+
+    bound = orch.action(functools.partial(fetch, "u1"))
+    with pytest.raises(ValueError, match="applies to sync functions only"):
+        orch.action(functools.partial(fetch, "u1"), inline=True)
+    assert orch.run_sync(bound) == "u1"
+    assert threads == [threading.get_ident()]

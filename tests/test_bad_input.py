@@ -426,7 +426,7 @@ def test_refused_set_testing_leaves_the_switch_unchanged() -> None:
     assert calls == [1]
 
 
-# --- review regressions --------------------------------------------------------------------
+# --- more misuses, and errors raised at the call ---------------------------------------------
 
 
 def test_inline_with_a_retry_deadline_is_a_value_error_at_definition() -> None:

@@ -976,7 +976,7 @@ def test_timestamps_of_a_run_come_from_one_clock_and_agree_with_durations() -> N
     assert end.timestamp - begin.timestamp == pytest.approx(end.total_duration / 1000, abs=1e-6)
 
 
-# Review regressions ------------------------------------------------------------------------
+# Read-only arguments, parents after a late registration, events built on demand -------------
 
 
 def test_begin_event_kwargs_are_read_only_and_the_function_gets_the_original() -> None:

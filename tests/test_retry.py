@@ -733,3 +733,63 @@ def test_the_deadline_is_measured_on_the_event_loops_clock() -> None:
     finally:
         loop.close()
     assert calls == [1]
+
+
+def test_a_cancelled_attempt_whose_cleanup_raises_is_not_retried() -> None:
+    orch = Orchestrator()
+    attempts: list[int] = []
+    started = asyncio.Event()
+
+    @orch.action(retry=RetryPolicy(retries=3, delay=0.0))
+    async def fetch() -> str:
+        attempts.append(len(attempts) + 1)
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("connection reset while closing") from None
+        return "fetched"
+
+    async def main() -> None:
+        run = asyncio.ensure_future(orch.run(fetch))
+        await asyncio.wait_for(started.wait(), 1)
+        run.cancel()
+        with pytest.raises(ConnectionError, match="while closing"):
+            await run
+
+    asyncio.run(main())
+    assert attempts == [1]
+
+
+def test_a_fail_fast_sibling_whose_cleanup_raises_is_not_retried() -> None:
+    orch = Orchestrator()
+    attempts: list[int] = []
+
+    @orch.action(retry=RetryPolicy(retries=5, delay=0.0))
+    async def sibling() -> None:
+        attempts.append(len(attempts) + 1)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            raise ConnectionError("cleanup failed") from None
+
+    @orch.action
+    async def failing() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("first failure")
+
+    async def body() -> None:
+        await orch.parallel([sibling, failing], fail_fast=True)()
+
+    with pytest.raises(ValueError, match="first failure") as info:
+        orch.run_sync(body)
+    assert attempts == [1]
+    assert info.value.__notes__ == [
+        "parallel member 0 also failed: ConnectionError('cleanup failed')"
+    ]
+
+
+def test_the_wait_of_a_very_late_retry_is_the_cap_not_an_overflow() -> None:
+    policy = RetryPolicy(retries=5000, delay=0.5, max_delay=3.0, jitter=0.0)
+    assert policy.wait(2000) == 3.0
+    assert RetryPolicy(retries=5000, delay=0.0, jitter=0.0).wait(2000) == 0.0

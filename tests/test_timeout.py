@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from orchestrator import ActionTimeout, Orchestrator
+from orchestrator import ActionTimeout, Orchestrator, _threads
 from orchestrator.testing import EventRecorder
 
 LIMIT = 0.05
@@ -157,7 +157,12 @@ def test_sync_user_timeout_error_is_not_converted_to_action_timeout() -> None:
     assert info.value is mine
 
 
-def test_timed_out_threads_do_not_starve_later_sync_actions() -> None:
+def test_timed_out_threads_do_not_starve_later_sync_actions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pool of the size ThreadPoolExecutor has on a 2-CPU machine, whatever this one has:
+    # 20 blocked threads must be far more than the pool's limit.
+    monkeypatch.setattr(_threads, "_pool", _threads.WorkerPool(6))
     orch = Orchestrator()
     release = threading.Event()
     blocked: list[int] = []

@@ -43,10 +43,12 @@ def action_name(fn: Callable[..., Any]) -> str:
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """Whether calling ``fn`` gives a coroutine, seen through partials and ``__call__``."""
-    if inspect.iscoroutinefunction(fn) or isinstance(fn, Action):
+    if inspect.iscoroutinefunction(fn):
         return True
     while isinstance(fn, functools.partial):
         fn = fn.func
+    if isinstance(fn, Action):
+        return True
     if inspect.isfunction(fn) or inspect.ismethod(fn):
         return inspect.iscoroutinefunction(fn)
     return inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
@@ -171,7 +173,8 @@ class Action(Generic[P, R]):
         # Every begin gets exactly one completion: it fires in the finally clause, so nothing
         # can skip it. On failure the error hooks run just before it. A hook that raises inside
         # the except or finally clause gets the work's exception as __context__ from Python.
-        # Hooks are called inline rather than through call_hooks(): this is the hot path.
+        # Begin and completion hooks are called inline rather than through fire(): this is the
+        # hot path.
         run = frame[0]
         hooks = self._hooks
         task_id = next(run.task_ids)
@@ -275,8 +278,12 @@ class Action(Generic[P, R]):
     ) -> R:
         policy: RetryPolicy = self._policy  # type: ignore[assignment]
         timeout = self._timeout
+        # A cancellation requested during an attempt is never retried, even when the attempt
+        # then fails with an ordinary exception (cleanup that raised while unwinding): the
+        # task's count of pending cancellations tells.
+        task = asyncio.current_task()
+        pending = task.cancelling() if task is not None else 0
         deadline = None
-        clock: Callable[[], float] = time.monotonic  # read only when there is a deadline
         if policy.deadline is not None:
             # The deadline runs on the event loop's clock, the one asyncio's timeouts use.
             clock = asyncio.get_running_loop().time
@@ -302,6 +309,8 @@ class Action(Generic[P, R]):
                     return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
                 return await self._start(args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
+                if task is not None and task.cancelling() > pending:
+                    raise
                 # The testing switch is read only after a failure, keeping success cheap.
                 testing, cap = testing_mode()
                 most = policy.retries + 1
@@ -312,10 +321,10 @@ class Action(Generic[P, R]):
                 wait = policy.suggested_wait(exc)
                 if wait is None:
                     raise
-                if wait < 0:
-                    wait = policy.wait(attempt)
                 if testing:
                     wait = 0.0
+                elif wait < 0:
+                    wait = policy.wait(attempt)
                 if deadline is not None and clock() + wait >= deadline:
                     raise
                 if tally is not None and self._hooks.task_retry:

@@ -77,7 +77,10 @@ class RetryPolicy:
         ``rand`` is the random draw in [0, 1) that places the jitter; by default one is drawn.
         0.5 gives the wait without jitter.
         """
-        base = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
+        try:
+            base = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
+        except OverflowError:  # a thousand retries and more: the cap has long been reached
+            base = self.max_delay if self.delay else 0.0
         if not self.jitter:
             return base
         if rand is None:

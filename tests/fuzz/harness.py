@@ -8,6 +8,7 @@ import itertools
 import math
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,12 +64,14 @@ class Observation:
     outcomes: list[tuple[str, Any]] = field(default_factory=list)  # per run
     records: list[tuple[str, Any, float]] = field(default_factory=list)  # point, event, virtual t
     tokens: dict[tuple[str, int], Token] = field(default_factory=dict)  # (run_id, task_id)
-    raised: list[tuple[BaseException, tuple[int, int], bool]] = field(default_factory=list)
+    # Every exception an attempt or a hook raised, with whether it may be dropped: only that of
+    # an attempt abandoned before it raised.
+    raised: list[tuple[BaseException, bool]] = field(default_factory=list)
+    witnessed: Counter[str] = field(default_factory=Counter)  # completions seen by a last hook
     context_violations: list[str] = field(default_factory=list)
     pending_tasks: list[str] = field(default_factory=list)
     busy_after: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-    abandoned: set[object] = field(default_factory=set)
+    faults: Counter[str] = field(default_factory=Counter)
 
 
 def execute(scenario: Scenario) -> Observation:
@@ -95,15 +98,22 @@ def _execute(scenario: Scenario) -> Observation:
         actions = _actions(orchestrator, scenario, clock, seen)
         loop.run_until_complete(_main(orchestrator, scenario, actions, loop, seen))
         seen.pending_tasks = [repr(task) for task in asyncio.all_tasks(loop)]
+        # Threads still parked now must all work for abandoned attempts, which the pool no
+        # longer counts: any job it still counts was left behind by the library.
+        seen.busy_after = _settled_busy()
     finally:
         clock.release_all()
-        deadline = time.monotonic() + 5
-        while _threads.pool().busy() and time.monotonic() < deadline:
-            time.sleep(0.001)
-        seen.busy_after = _threads.pool().busy()
-        seen.abandoned = set(clock.abandoned)
+        _settled_busy()
         loop.close()
     return seen
+
+
+def _settled_busy() -> int:
+    # A finished job leaves the count a moment after it delivered its result: wait a little.
+    deadline = time.monotonic() + 2
+    while _threads.pool().busy() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return _threads.pool().busy()
 
 
 def _instrument(
@@ -162,6 +172,9 @@ def _instrument(
         sites = {site for site, c in scenario.sites.items() if c.raising_hook == point}
         if sites:
             getattr(orchestrator, f"on_task_{point}")(_raiser(point, sites, seen))
+    # Witnesses registered last: every completion hook must run, even after one raised.
+    orchestrator.on_task_completion(lambda event: seen.witnessed.update(["task"]))
+    orchestrator.on_process_completion(lambda event: seen.witnessed.update(["process"]))
 
 
 def _raiser(point: str, sites: set[int], seen: Observation) -> Any:
@@ -169,7 +182,8 @@ def _raiser(point: str, sites: set[int], seen: Observation) -> Any:
         token = seen.tokens[(event.run_id, event.task_id)]
         if token.site in sites:
             error = HookError(token.site, point)
-            seen.raised.append((error, (token.serial, 0), False))
+            seen.raised.append((error, False))
+            seen.faults["raising hook"] += 1
             raise error
 
     return hook
@@ -195,17 +209,22 @@ def _actions(
         if c.sync:
             function = _sync_function(scenario, orchestrator, clock, seen)
         else:
-            function = _async_function(scenario, orchestrator, made, seen)
+            function = _async_function(scenario, orchestrator, made, clock, seen)
         made[c.action] = orchestrator.action(
             function, name=c.action, retry=policy, timeout=c.timeout
         )
     return made
 
 
-def _fail(kind: str, site: int, attempt: int, key: tuple[int, int], seen: Observation) -> None:
-    error = (Retryable if kind == "retryable" else Fatal)(site, attempt)
-    seen.faults[kind] = seen.faults.get(kind, 0) + 1
-    seen.raised.append((error, key, True))
+def _fail(
+    kind: str, site: int, attempt: int, key: tuple[int, int], clock: VirtualClock, seen: Observation
+) -> None:
+    error = (Retryable if kind in ("retryable", "stubborn") else Fatal)(site, attempt)
+    seen.faults[kind] += 1
+    # Only an attempt abandoned before it raised may have its error dropped.
+    with clock.lock:
+        abandoned = key in clock.abandoned
+    seen.raised.append((error, abandoned))
     raise error
 
 
@@ -220,11 +239,11 @@ def _sync_function(
             seen.context_violations.append(f"s{spec.site} in {token.run_id}")
         outcome = spec.outcomes[attempt - 1]
         if outcome.kind == "hang":
-            seen.faults["hang (thread)"] = seen.faults.get("hang (thread)", 0) + 1
+            seen.faults["hang (thread)"] += 1
         clock.park(math.inf if outcome.kind == "hang" else outcome.duration, key)
         if outcome.kind == "ok":
             return spec.site * 1000 + attempt
-        _fail(outcome.kind, spec.site, attempt, key, seen)
+        _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         raise AssertionError("unreachable")
 
     return work
@@ -234,6 +253,7 @@ def _async_function(
     scenario: Scenario,
     orchestrator: Orchestrator[State],
     actions: dict[str, Any],
+    clock: VirtualClock,
     seen: Observation,
 ) -> Any:
     async def work(token: Token) -> int:
@@ -246,12 +266,17 @@ def _async_function(
             await run_step(orchestrator, actions, step, token.run_id)
         outcome = spec.outcomes[attempt - 1]
         if outcome.kind == "hang":
-            seen.faults["hang (async)"] = seen.faults.get("hang (async)", 0) + 1
+            seen.faults["hang (async)"] += 1
             await asyncio.Event().wait()
+        elif outcome.kind == "stubborn":
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                _fail("stubborn", spec.site, attempt, key, clock, seen)
         await asyncio.sleep(outcome.duration)
         if outcome.kind == "ok":
             return spec.site * 1000 + attempt
-        _fail(outcome.kind, spec.site, attempt, key, seen)
+        _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         raise AssertionError("unreachable")
 
     return work
@@ -295,7 +320,7 @@ async def _main(
         task = asyncio.ensure_future(orchestrator.run(body, run_id, spec.steps, run_id=run_id))
         if spec.cancel_at is not None:
             loop.call_at(spec.cancel_at, task.cancel)
-            seen.faults["cancel"] = seen.faults.get("cancel", 0) + 1
+            seen.faults["cancel"] += 1
         tasks.append(task)
     stuck = threading.Event()
     watchdog = threading.Timer(WATCHDOG_SECONDS, lambda: (stuck.set(), _cancel_all(loop, tasks)))

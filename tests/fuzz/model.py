@@ -16,7 +16,8 @@ from typing import Literal
 
 from hypothesis import strategies as st
 
-OutcomeKind = Literal["ok", "retryable", "fatal", "hang"]
+# "stubborn": hang, and when cancelled raise a retryable error instead (cleanup that fails).
+OutcomeKind = Literal["ok", "retryable", "fatal", "hang", "stubborn"]
 HookPoint = Literal["begin", "retry", "error", "completion"]
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -122,6 +123,8 @@ def _call(
     kinds: list[OutcomeKind] = ["ok", "ok", "retryable", "fatal"]
     if limited:
         kinds.append("hang")
+        if not sync:
+            kinds.append("stubborn")
     outcomes = tuple(
         Outcome(
             draw(st.sampled_from(kinds)),

@@ -5,6 +5,8 @@ documented rules: attempts and their time limits, retry waits and deadlines, fai
 and concurrency limits, outside cancellation, and hooks that raise. It predicts each run's
 result or the exception it raises, and how many attempts every call that begins makes.
 
+An attempt that is "stubborn" hangs, and raises a retryable error when cancelled.
+
 Results are ``("ok", value)`` or ``("err", error)``, where an error is described as
 ``("retryable" | "fatal", site, attempt)``, ``("timeout", action name)``,
 ``("hook", site, point)``, ``("group", ((index, error), ...))`` or ``("cancel",)``.
@@ -105,6 +107,10 @@ def call(c: Call, t0: float, cut: float, log: Log) -> tuple[float, Result]:
             error, failed_at = result[1], end
         else:
             return _ended(c, end, result)
+        if failed_at >= cut:
+            # The task is being cancelled: an error that arrives with the cancellation (cleanup
+            # that raised, a hook that replaced it) is never retried.
+            return _ended(c, failed_at, ("err", error))
         if attempt >= c.retries + 1 or not _retryable(error):
             return _ended(c, failed_at, ("err", error))
         wait = c.delay
@@ -128,9 +134,13 @@ def _attempt(c: Call, attempt: int, t: float, cut: float, log: Log) -> tuple[flo
         if result[0] == "err":
             return t, result
     outcome = c.outcomes[attempt - 1]
-    end = INF if outcome.kind == "hang" else t + outcome.duration
+    hangs = outcome.kind in ("hang", "stubborn")
+    end = INF if hangs else t + outcome.duration
     _apart(end, cut)
-    if end > cut:
+    if end > cut or (hangs and math.isinf(cut)):
+        if outcome.kind == "stubborn" and math.isfinite(cut):
+            # Cancelled, it raises a retryable error instead of the cancellation.
+            return cut, ("err", ("retryable", c.site, attempt))
         return cut, ("cut",)
     if outcome.kind == "ok":
         return end, ("ok", c.site * 1000 + attempt)
