@@ -278,11 +278,6 @@ class Action(Generic[P, R]):
     ) -> R:
         policy: RetryPolicy = self._policy  # type: ignore[assignment]
         timeout = self._timeout
-        # A cancellation requested during an attempt is never retried, even when the attempt
-        # then fails with an ordinary exception (cleanup that raised while unwinding): the
-        # task's count of pending cancellations tells.
-        task = asyncio.current_task()
-        pending = task.cancelling() if task is not None else 0
         deadline = None
         if policy.deadline is not None:
             # The deadline runs on the event loop's clock, the one asyncio's timeouts use.
@@ -309,7 +304,11 @@ class Action(Generic[P, R]):
                     return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
                 return await self._start(args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
-                if task is not None and task.cancelling() > pending:
+                # No retry while the task is being cancelled, even when the attempt failed with
+                # an ordinary exception (cleanup that raised while unwinding the cancellation).
+                # The attempt's own timeout has withdrawn its cancellation by now.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
                     raise
                 # The testing switch is read only after a failure, keeping success cheap.
                 testing, cap = testing_mode()
