@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Orchestrator, OutsideRunError, ParallelError
+from orchestrator import ActionTimeout, Orchestrator, OutsideRunError, ParallelError
 from orchestrator.testing import EventRecorder
 
 
@@ -1118,3 +1118,29 @@ def test_a_cancelled_group_names_a_members_completion_hook_failure_in_a_note() -
         ]
 
     asyncio.run(main())
+
+
+def test_a_group_cut_short_by_a_timeout_names_its_members_failures_on_the_action_timeout() -> None:
+    orch = Orchestrator()
+
+    @orch.action
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    @orch.action
+    async def slow() -> None:
+        await asyncio.Event().wait()  # still running when the timeout cuts the group short
+
+    def complain(event: Any) -> None:
+        if event.name == "quick":
+            raise KeyError("report failed")
+
+    orch.on_task_completion(complain)
+
+    @orch.action(timeout=0.05)
+    async def both() -> None:
+        await orch.parallel([quick, slow])()
+
+    with pytest.raises(ActionTimeout) as info:
+        orch.run_sync(both)
+    assert info.value.__notes__ == ["parallel member 0 also failed: KeyError('report failed')"]

@@ -341,9 +341,14 @@ class Action(Generic[P, R]):
         try:
             async with asyncio.timeout(limit) as scope:
                 return await self._start(args, kwargs)
-        except TimeoutError:
+        except TimeoutError as exc:
             if scope.expired():
-                raise ActionTimeout(self.name, limit, deadline=by_deadline) from None
+                timeout = ActionTimeout(self.name, limit, deadline=by_deadline)
+                # A group cut short names its members' failures in notes on the cancellation;
+                # the chain is hidden below, so the notes move up to what the caller sees.
+                for note in getattr(exc.__cause__, "__notes__", ()):
+                    timeout.add_note(note)
+                raise timeout from None
             raise
 
     def _start_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:

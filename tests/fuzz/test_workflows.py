@@ -27,7 +27,8 @@ STATS: Counter[str] = Counter()
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
-    # The error, what it chains to, and the members of groups, all the way down.
+    # The error and all that a traceback of it shows: its cause, its context unless suppressed
+    # (``raise ... from None``), and the members of groups, all the way down.
     todo, done = [error], set()
     while todo:
         current = todo.pop()
@@ -35,9 +36,10 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
             continue
         done.add(id(current))
         yield current
-        for linked in (current.__context__, current.__cause__):
-            if linked is not None:
-                todo.append(linked)
+        if current.__cause__ is not None:
+            todo.append(current.__cause__)
+        if current.__context__ is not None and not current.__suppress_context__:
+            todo.append(current.__context__)
         if isinstance(current, BaseExceptionGroup):
             todo.extend(current.exceptions)
 
@@ -110,13 +112,11 @@ def _check_nothing_lost(seen: Observation) -> None:
     # groups included), or named in a note on what a run raised (a fail-fast group's others).
     surfaced: set[int] = set()
     notes: list[str] = []
-    for _, event, _ in seen.records:
-        error = getattr(event, "error", None)
+    errors = [getattr(event, "error", None) for _, event, _ in seen.records]
+    errors += [value for outcome, value in seen.outcomes if outcome == "err"]
+    for error in errors:
         if error is not None:
-            surfaced.update(id(e) for e in _chain(error))
-    for outcome, value in seen.outcomes:
-        if outcome == "err":
-            for linked in _chain(value):
+            for linked in _chain(error):
                 surfaced.add(id(linked))
                 notes.extend(getattr(linked, "__notes__", ()))
     for error, may_drop in seen.raised:
