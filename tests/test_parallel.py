@@ -57,7 +57,7 @@ def test_parallel_returns_an_awaitable_callable() -> None:
     assert orch.run_sync(body) == [1, 1]
 
 
-def test_called_without_arguments_each_member_gets_none() -> None:
+def test_called_without_arguments_each_member_is_called_without_arguments() -> None:
     orch = Orchestrator()
     seen: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
 
