@@ -33,6 +33,15 @@ ONE_FAILED_TASK = [
 ]
 
 
+def raiser(error: BaseException) -> Any:
+    """A hook that raises ``error`` whenever it is called."""
+
+    def raise_hook(event: Any) -> None:
+        raise error
+
+    return raise_hook
+
+
 def context_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc.__context__``, its ``__context__``, and so on."""
     seen = exc.__context__
@@ -755,8 +764,7 @@ def test_raising_end_hook_reaches_caller_with_work_error_as_context(point: str) 
     hook_error = HookError(point)
     work_error = WorkError("work failed")
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     getattr(orch, f"on_{point}")(raise_hook)
 
@@ -776,8 +784,7 @@ def test_raising_process_error_hook_reaches_caller_with_body_error_as_context() 
     hook_error = HookError("process error hook")
     body_error = WorkError("body failed")
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     orch.on_process_error(raise_hook)
 
@@ -797,8 +804,7 @@ def test_raising_task_error_hook_still_gets_one_completion() -> None:
     hook_error = HookError("error hook")
     work_error = WorkError("work failed")
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     orch.on_task_error(raise_hook)
     recorder = EventRecorder(orch)
@@ -820,8 +826,7 @@ def test_raising_task_completion_hook_on_success_reaches_caller() -> None:
     orch = Orchestrator()
     hook_error = HookError("completion hook")
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     orch.on_task_completion(raise_hook)
 
@@ -838,8 +843,7 @@ def test_raising_process_completion_hook_on_success_reaches_caller() -> None:
     orch = Orchestrator()
     hook_error = HookError("process completion hook")
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     orch.on_process_completion(raise_hook)
     with pytest.raises(HookError) as caught:
@@ -852,8 +856,7 @@ def test_raising_retry_hook_reaches_caller_with_attempt_error_as_context() -> No
     hook_error = HookError("retry hook")
     attempt_errors: list[Exception] = []
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     orch.on_task_retry(raise_hook)
     recorder = EventRecorder(orch)
@@ -882,8 +885,7 @@ def test_first_raising_hook_stops_the_later_hooks_on_that_point(point: str) -> N
     hook_error = HookError(point)
     later: list[Any] = []
 
-    def raise_hook(event: Any) -> None:
-        raise hook_error
+    raise_hook = raiser(hook_error)
 
     getattr(orch, f"on_{point}")(raise_hook)
     getattr(orch, f"on_{point}")(later.append)

@@ -39,6 +39,22 @@ def reverse_finishers(orch: Orchestrator[Any], count: int, finished: list[int]) 
 # Shape and arguments ---------------------------------------------------------------------
 
 
+def cancel_once_started(orch: Orchestrator[Any], body: Any) -> set[asyncio.Task[Any]]:
+    """Run ``body(event)``, cancel the run once the body sets the event, and return the tasks
+    still alive after the cancellation came out."""
+
+    async def main() -> set[asyncio.Task[Any]]:
+        started = asyncio.Event()
+        task = asyncio.create_task(orch.run(body, started))
+        await asyncio.wait_for(started.wait(), 1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 1.0)
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    return asyncio.run(main())
+
+
 def test_parallel_returns_an_awaitable_callable() -> None:
     orch = Orchestrator()
 
@@ -656,17 +672,7 @@ def test_cancelling_the_run_cancels_every_parallel_member_and_leaves_no_task() -
         started: list[int] = []
         await orch.map(lambda i: member(i, started, all_started), [0, 1, 2])
 
-    async def main() -> set[asyncio.Task[Any]]:
-        all_started = asyncio.Event()
-        task = asyncio.create_task(orch.run(body, all_started))
-        await asyncio.wait_for(all_started.wait(), 1.0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 1.0)
-        return asyncio.all_tasks() - {asyncio.current_task()}
-
-    left = asyncio.run(main())
-    assert left == set()
+    assert cancel_once_started(orch, body) == set()
     assert sorted(cleaned) == [0, 1, 2]
     completions = recorder.events("task_completion")
     assert len(completions) == 3
@@ -695,16 +701,7 @@ def test_cancelling_the_run_cancels_every_member_of_a_parallel_group() -> None:
     async def body(all_started: asyncio.Event) -> None:
         await orch.parallel(members)(all_started, all_started, all_started)
 
-    async def main() -> set[asyncio.Task[Any]]:
-        all_started = asyncio.Event()
-        task = asyncio.create_task(orch.run(body, all_started))
-        await asyncio.wait_for(all_started.wait(), 1.0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 1.0)
-        return asyncio.all_tasks() - {asyncio.current_task()}
-
-    assert asyncio.run(main()) == set()
+    assert cancel_once_started(orch, body) == set()
     completions = {e.name: e.error for e in recorder.events("task_completion")}
     assert set(completions) == {"a", "b", "c"}
     assert all(isinstance(error, asyncio.CancelledError) for error in completions.values())
@@ -1038,16 +1035,7 @@ def test_cancelling_a_concurrency_limited_map_cancels_every_started_item() -> No
 
         await orch.map(item, range(6), concurrency=2)
 
-    async def main() -> set[asyncio.Task[Any]]:
-        two_started = asyncio.Event()
-        task = asyncio.create_task(orch.run(body, two_started))
-        await asyncio.wait_for(two_started.wait(), 1.0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, 1.0)
-        return asyncio.all_tasks() - {asyncio.current_task()}
-
-    assert asyncio.run(main()) == set()
+    assert cancel_once_started(orch, body) == set()
     assert started == [0, 1]  # later items never start
     assert sorted(cleaned) == [0, 1]
     assert completions_by_member(recorder) == [

@@ -51,10 +51,8 @@ class Tracker:
             self.running -= 1
 
 
-def test_cancelled_queued_jobs_never_run_and_start_no_extra_threads() -> None:
-    tracker = Tracker()
-    gate = threading.Event()
-    before = worker_threads()
+def gated_job(tracker: Tracker, gate: threading.Event) -> Callable[[int], int]:
+    """A job that the tracker sees run, and that blocks until ``gate`` opens (2 s at most)."""
 
     def job(index: int) -> int:
         tracker.enter(index)
@@ -63,6 +61,16 @@ def test_cancelled_queued_jobs_never_run_and_start_no_extra_threads() -> None:
         finally:
             tracker.leave()
         return index
+
+    return job
+
+
+def test_cancelled_queued_jobs_never_run_and_start_no_extra_threads() -> None:
+    tracker = Tracker()
+    gate = threading.Event()
+    before = worker_threads()
+
+    job = gated_job(tracker, gate)
 
     async def main() -> None:
         pool = WorkerPool(2)
@@ -184,13 +192,7 @@ def test_busy_counts_waiting_and_running_jobs_and_is_zero_once_idle() -> None:
     gate = threading.Event()
     tracker = Tracker()
 
-    def job(index: int) -> int:
-        tracker.enter(index)
-        try:
-            gate.wait(2)
-        finally:
-            tracker.leave()
-        return index
+    job = gated_job(tracker, gate)
 
     async def main() -> None:
         pool = WorkerPool(2)

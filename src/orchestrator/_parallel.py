@@ -119,8 +119,14 @@ class _Group:
         ):
             return
         self.first = failure
+        self.stop()
+
+    def stop(self) -> None:
+        """Cancel every task of the group at once, so that no call starts another step.
+
+        The task running this, if it is one of the group's, is spared: it is on its way out.
+        """
         self.stopping = True
-        # Cancel at once, so that no other call starts another step.
         me = asyncio.current_task()
         for task in self.tasks:
             if task is not None and task is not me:
@@ -232,10 +238,7 @@ async def _join(group: _Group) -> bool:
             await group.waiter
         except asyncio.CancelledError:
             cancelled = True
-            group.stopping = True
-            for task in group.tasks:
-                if task is not None:
-                    task.cancel()
+            group.stop()
     return cancelled
 
 
