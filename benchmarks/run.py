@@ -32,7 +32,7 @@ from typing import Any
 import stamina
 import tenacity
 
-from orchestrator import Orchestrator, RetryPolicy
+from orchestrator import Interceptor, Orchestrator, RetryPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 FANOUT_TASKS = 10_000
@@ -98,11 +98,20 @@ def _hooked() -> Orchestrator[Any]:
     return orchestrator
 
 
+class _NoOp(Interceptor):
+    """Wraps every call and does nothing else: the cost of the seam itself."""
+
+    async def intercept_call(self, call: Any, proceed: Any) -> Any:
+        return await proceed()
+
+
 def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float]]]]:
     """Each scenario's calls per repeat, and how to measure seconds per call."""
     plain = Orchestrator()
     hooked = _hooked()
+    intercepted = Orchestrator().add_interceptor(_NoOp())
     action = plain.action(trivial)
+    intercepted_action = intercepted.action(trivial)
     hooked_action = hooked.action(trivial)
     retried = plain.action(trivial, retry=RetryPolicy(retries=3))
     limited = plain.action(trivial, timeout=10)
@@ -120,6 +129,14 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
         async with asyncio.timeout(10):
             return await trivial()
 
+    async def inline_timeout(calls: int) -> float:
+        # The baseline written out in the timing loop itself: no function of its own around it.
+        started = time.perf_counter()
+        for _ in range(calls):
+            async with asyncio.timeout(10):
+                await trivial()
+        return (time.perf_counter() - started) / calls
+
     def in_run(orchestrator: Orchestrator[Any], call: Callable[[], Awaitable[Any]]) -> Any:
         async def measure(calls: int) -> float:
             return await orchestrator.run(timed, calls, call)
@@ -136,12 +153,14 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
         "bare await coro()": (20_000, bare(trivial)),
         "action, no hooks": (20_000, in_run(plain, action)),
         "action, begin+completion hooks": (10_000, in_run(hooked, hooked_action)),
+        "action, one no-op interceptor": (10_000, in_run(intercepted, intercepted_action)),
         "action, RetryPolicy, no hooks": (20_000, in_run(plain, retried)),
         "action, timeout=10": (10_000, in_run(plain, limited)),
         "sync action (worker thread)": (1_000, in_run(plain, threaded)),
         "stamina async retry": (5_000, bare(stamina_trivial)),
         "tenacity async retry": (5_000, bare(tenacity_trivial)),
         "async with asyncio.timeout(10)": (10_000, bare(asyncio_timeout)),
+        "asyncio.timeout(10) inline in the loop": (10_000, inline_timeout),
         "asyncio.wait_for(coro, 10)": (5_000, bare(lambda: asyncio.wait_for(trivial(), 10))),
         "asyncio.to_thread(fn)": (1_000, bare(lambda: asyncio.to_thread(blocking))),
     }
@@ -151,8 +170,12 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
 PER_CALL_TARGETS: dict[str, list[tuple[str | None, float]]] = {
     "action, no hooks": [(None, 5.0)],
     "action, begin+completion hooks": [(None, 20.0)],
+    "action, one no-op interceptor": [(None, 20.0)],
     "action, RetryPolicy, no hooks": [(None, 6.0), ("stamina async retry", 0.05)],
-    "action, timeout=10": [("async with asyncio.timeout(10)", 1.2)],
+    "action, timeout=10": [
+        ("async with asyncio.timeout(10)", 1.2),
+        ("asyncio.timeout(10) inline in the loop", 1.2),
+    ],
     "sync action (worker thread)": [("asyncio.to_thread(fn)", 1.15)],
 }
 

@@ -11,16 +11,20 @@ from ._events import (
     TaskErrorEvent,
     TaskRetryEvent,
 )
+from ._interceptors import CallInfo, Interceptor
 from ._orchestrator import ActionDecorator, Hook, Orchestrator
 from ._parallel import Parallel
 from ._retry import RetryOn, RetryPolicy, set_testing
+from ._run import Run
 from ._state import State
 
 __all__ = [
     "Action",
     "ActionDecorator",
     "ActionTimeout",
+    "CallInfo",
     "Hook",
+    "Interceptor",
     "Orchestrator",
     "OutsideRunError",
     "Parallel",
@@ -30,6 +34,7 @@ __all__ = [
     "ProcessErrorEvent",
     "RetryOn",
     "RetryPolicy",
+    "Run",
     "State",
     "TaskBeginEvent",
     "TaskCompletionEvent",

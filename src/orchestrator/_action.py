@@ -1,4 +1,14 @@
-"""Action: the call path  begin -> attempts (timeout, retry) -> completion."""
+"""Action: the call path  begin -> interceptors -> attempts (timeout, retry) -> completion.
+
+An observed call (a task hook or an interceptor is registered) goes
+``__call__ -> _begin -> _observed -> [call interceptors] -> _attempts -> [attempt
+interceptors] -> _timed -> _invoke``, and ``_invoke`` is the one place the function is called,
+on the event loop for an async function or through the action's executor for a sync one. An
+unobserved call skips the first three, and an unobserved async function without timeout or
+retry is called straight from ``__call__``: the caller awaits the function's own coroutine.
+Which of these a call takes is decided in ``_choose()`` when the action is made and again when
+hooks or interceptors are added, not on every call.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +19,16 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, Generic, ParamSpec, TypeVar, cast
+from typing import Any, Generic, ParamSpec, TypeVar
 
-from . import _checks, _threads
-from ._errors import ActionTimeout
+from . import _checks
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
+from ._interceptors import CallInfo, wrap
 from ._retry import RetryPolicy, as_policy, testing_mode
-from ._run import Frame, Run, outside_run
+from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run
+from ._timeout import limited
+from .executors import Executor, InlineExecutor
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -25,6 +37,7 @@ R = TypeVar("R")
 # __new__ that NamedTuple generates, which costs as much as the rest of a hook call.
 _new: Callable[..., Any] = tuple.__new__
 _clock = time.perf_counter
+_NO_KWARGS: MappingProxyType[str, Any] = MappingProxyType({})
 
 
 def action_name(fn: Callable[..., Any]) -> str:
@@ -54,31 +67,21 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
-class _Tally:
-    """What the events of one observed call share, its attempt count included."""
-
-    __slots__ = ("attempts", "run", "task_id")
-
-    def __init__(self, run: Run[Any], task_id: int) -> None:
-        self.run = run
-        self.task_id = task_id
-        self.attempts = 0
-
-
 class Action(Generic[P, R]):
     """A function made into a step of a run: named, observed by hooks, retried and timed.
 
     Made by ``Orchestrator.action``. Calling it returns a coroutine of the function's result;
-    await it inside a run of its orchestrator. Sync functions run in a worker thread unless
-    the action is ``inline``.
+    await it inside a run of its orchestrator. Sync functions run on the action's executor (by
+    default the orchestrator's worker threads).
     """
 
     def __init__(
         self,
         fn: Callable[P, Awaitable[R]] | Callable[P, R],
         *,
-        frames: ContextVar[Frame],
+        frames: ContextVar[Scope],
         hooks: Hooks,
+        executor: Executor,
         name: str | None = None,
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
@@ -93,11 +96,15 @@ class Action(Generic[P, R]):
         self._timeout = _checks.seconds("timeout", timeout, allow_zero=False, allow_none=True)
         _checks.flag("inline", inline)
         asynchronous = is_async(fn)
-        if inline and asynchronous:
+        if inline:
+            executor = InlineExecutor()
+        if asynchronous and inline:
             raise ValueError(
                 f"inline=True applies to sync functions only, and {fn!r} is async; drop inline"
             )
-        if inline and (timeout is not None or (self._policy and self._policy.deadline)):
+        if isinstance(executor, InlineExecutor) and (
+            timeout is not None or (self._policy and self._policy.deadline)
+        ):
             what = "a timeout" if timeout is not None else "a retry deadline"
             raise ValueError(
                 f"inline=True cannot be combined with {what}: an inline sync function blocks "
@@ -108,17 +115,35 @@ class Action(Generic[P, R]):
         self._fn: Callable[..., Any] = fn
         self._frames = frames
         self._hooks = hooks
-        self._inline = inline
-        self._start: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]] = (
-            self._start_async
-            if asynchronous
-            else (self._start_inline if inline else self._start_thread)
-        )
-        # An async function without a timeout is awaited as it is: with no retry either and no
-        # task hook listening, the call returns the function's own coroutine.
-        self._direct = asynchronous and self._timeout is None
+        self._asynchronous = asynchronous
+        # Async functions run on the event loop; the executor is for sync ones.
+        self._executor: Executor | None = None if asynchronous else executor
+        self._direct = False
+        self._observing = False
+        self._tracked = False
+        # What calls the function: the function itself if async, else its executor's run.
+        self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if asynchronous else self._submit  # type: ignore[assignment]
+        self._choose()
         # updated=() keeps the wrapped object's __dict__ (an Action's own state) out of ours.
         functools.update_wrapper(self, fn, updated=())
+
+    def _choose(self) -> None:
+        """Decide the path of every later call; run again whenever hooks or interceptors change.
+
+        Nothing observing calls: an async function without timeout or retry is called straight
+        from ``__call__`` and the caller awaits its own coroutine; any other function goes to
+        its attempts at once. Something observing: every call takes the full path.
+        """
+        observed = self._hooks.observes_calls
+        self._direct = (
+            self._asynchronous and not observed and self._timeout is None and self._policy is None
+        )
+        self._observing = observed
+        # An observed call needs a record of its attempts only when it can make more than one
+        # or an interceptor looks at it; otherwise it makes exactly one.
+        self._tracked = self._policy is not None or bool(
+            self._hooks.intercept_call or self._hooks.intercept_attempt
+        )
 
     @property
     def retry(self) -> RetryPolicy | None:
@@ -133,19 +158,24 @@ class Action(Generic[P, R]):
     @property
     def inline(self) -> bool:
         """Whether a sync function runs on the event loop's thread instead of a worker."""
-        return self._inline
+        return isinstance(self._executor, InlineExecutor)
+
+    @property
+    def executor(self) -> Executor | None:
+        """Where the function runs: an executor for a sync function, None for an async one."""
+        return self._executor
 
     def __repr__(self) -> str:
         return (
             f"<Action {self.name!r} retry={self._policy!r} timeout={self._timeout!r}"
-            f"{' inline' if self._inline else ''}>"
+            f"{' inline' if self.inline else ''}>"
         )
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         """Return a coroutine that makes one call of the action, retries included.
 
         Each call is one task of the run in the events' sense (a ``task_id``); no asyncio task
-        is created for it.
+        is created for it. Its call key is taken here, in the order calls are made.
 
         The check for a run happens here, at the call, so that a misplaced call fails at once
         instead of leaving a coroutine that is never awaited.
@@ -155,49 +185,75 @@ class Action(Generic[P, R]):
             ActionTimeout: (when awaited) The last attempt ran out of time.
             Exception: (when awaited) Whatever the last attempt or a hook raised, as it was.
         """
-        frame = self._frames.get(None)
-        if frame is None:
+        scope = self._frames.get(None)
+        if scope is None:
             raise outside_run(f"action {self.name!r}")
-        # Task ids and the current-task variable only matter to events, so a call that no
-        # task hook observes skips them: a nested call then reports the nearest observed
-        # ancestor as its parent.
-        if self._hooks.observes_tasks:
-            return self._observed(frame, args, kwargs)
-        if self._policy is not None:
-            return self._attempts(None, args, kwargs)
         if self._direct:
             return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return cast(Coroutine[Any, Any, R], self._once(args, kwargs))
+        if self._observing:
+            # next_key() written out: this is the hot path of every observed call.
+            made = scope[MADE] = scope[MADE] + 1
+            key = f"{scope[KEY]}.{made}" if scope[KEY] else str(made)
+            return self._observed(scope, key, args, kwargs)
+        return self._unobserved(args, kwargs)
 
-    async def _observed(self, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def keyed(self, part: str) -> Callable[P, Coroutine[Any, Any, R]]:
+        """This action, with ``part`` in its next call's key instead of the call's position.
+
+        ``await fetch.keyed(user_id)(user_id)`` gives the call the key ``"<scope>.<part>"``
+        wherever it falls in the order of calls: for calls made in an order that differs from
+        run to run (say, as responses arrive). A part is a non-empty str without dots that is
+        not all digits (digits are positions); one part is used once per scope of a run.
+
+        Raises:
+            TypeError: ``part`` is not a str.
+            ValueError: ``part`` is empty, holds a dot, or is all digits; (at the call) it was
+                already used in the same scope of the run.
+        """
+        _checks.key_part(part)
+        return _Keyed(self, part)
+
+    def _unobserved(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        if self._policy is not None:
+            return self._attempts(None, args, kwargs)
+        return self._timed(self._timeout, False, args, kwargs)
+
+    async def _observed(
+        self, scope: Scope, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         # Every begin gets exactly one completion: it fires in the finally clause, so nothing
         # can skip it. On failure the error hooks run just before it. A hook that raises inside
         # the except or finally clause gets the work's exception as __context__ from Python.
         # Begin and completion hooks are called inline rather than through fire(): this is the
         # hot path.
-        run = frame[0]
+        run = scope[RUN]
+        parent_id = scope[TASK_ID]
         hooks = self._hooks
         task_id = next(run.task_ids)
-        token = self._frames.set((run, task_id))
+        token = self._frames.set([run, task_id, key, 0])  # new_scope(), written out
         clock = _clock()
         started = clock + run.epoch
-        tally = None if self._policy is None else _Tally(run, task_id)
+        call = CallInfo(self, run, key, task_id, parent_id, args, kwargs) if self._tracked else None
         attempts = 0
         result: Any = None
         error: BaseException | None = None
         try:
             if hooks.task_begin:
-                # A read-only view: the dict is the one the function receives.
+                # A read-only view: the dict is the one the function receives. Most calls have
+                # no keyword arguments, and one shared view of nothing serves them all.
                 event = _new(
                     TaskBeginEvent,
                     (
                         run.run_id,
                         task_id,
-                        frame[1],
+                        parent_id,
+                        key,
                         self.name,
                         started,
                         args,
-                        MappingProxyType(kwargs),
+                        MappingProxyType(kwargs) if kwargs else _NO_KWARGS,
                         run.context,
                     ),
                 )
@@ -205,14 +261,20 @@ class Action(Generic[P, R]):
                     outcome = hook(event)
                     if outcome is not None and inspect.isawaitable(outcome):
                         await outcome
-            if tally is not None:
-                result = await self._attempts(tally, args, kwargs)
-            else:
+            if call is None:
                 attempts = 1
-                if self._direct:
-                    result = await self._fn(*args, **kwargs)
+                if self._timeout is None:
+                    result = await self._start(*args, **kwargs)
                 else:
-                    result = await self._once(args, kwargs)
+                    result = await self._timed(self._timeout, False, args, kwargs)
+            elif hooks.intercept_call:
+                result = await wrap(
+                    hooks.intercept_call,
+                    call,
+                    functools.partial(self._attempts, call, args, kwargs),
+                )
+            else:
+                result = await self._attempts(call, args, kwargs)
             return result
         except BaseException as exc:
             error = exc
@@ -222,9 +284,10 @@ class Action(Generic[P, R]):
                     (
                         run.run_id,
                         task_id,
+                        key,
                         self.name,
                         exc,
-                        tally.attempts if tally else attempts,
+                        call.attempts if call else attempts,
                         run.context,
                     ),
                 )
@@ -243,14 +306,15 @@ class Action(Generic[P, R]):
                         (
                             run.run_id,
                             task_id,
-                            frame[1],
+                            parent_id,
+                            key,
                             self.name,
                             started,
                             ended + run.epoch,
                             (ended - clock) * 1000.0,
                             result if error is None else None,
                             error,
-                            tally.attempts if tally else attempts,
+                            call.attempts if call else attempts,
                             run.context,
                         ),
                     )
@@ -268,18 +332,13 @@ class Action(Generic[P, R]):
             finally:
                 self._frames.reset(token)
 
-    def _once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
-        if self._timeout is None:
-            return self._start(args, kwargs)
-        return self._limited(self._timeout, False, args, kwargs)
-
     async def _attempts(
-        self, tally: _Tally | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, call: CallInfo[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
         policy: RetryPolicy = self._policy  # type: ignore[assignment]
         timeout = self._timeout
         deadline = None
-        if policy.deadline is not None:
+        if policy is not None and policy.deadline is not None:
             # The deadline runs on the event loop's clock, the one asyncio's timeouts use.
             clock = asyncio.get_running_loop().time
             deadline = clock() + policy.deadline
@@ -295,15 +354,20 @@ class Action(Generic[P, R]):
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
             attempt += 1
-            if tally is not None:
-                tally.attempts = attempt
             try:
-                if limit is not None:
-                    return await self._limited(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
-                if self._direct:  # the same as _start_async, one call cheaper on the hot path
-                    return await self._fn(*args, **kwargs)  # type: ignore[no-any-return]
-                return await self._start(args, kwargs)  # type: ignore[no-any-return]
+                if call is None:
+                    return await self._timed(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
+                call.attempts = attempt
+                if self._hooks.intercept_attempt:
+                    return await wrap(  # type: ignore[no-any-return]
+                        self._hooks.intercept_attempt,
+                        call,
+                        functools.partial(self._timed, limit, by_deadline, args, kwargs),
+                    )
+                return await self._timed(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:
+                if policy is None:
+                    raise
                 # No retry while the task is being cancelled, even when the attempt failed with
                 # an ordinary exception (cleanup that raised while unwinding the cancellation).
                 # The attempt's own timeout has withdrawn its cancellation by now.
@@ -326,42 +390,62 @@ class Action(Generic[P, R]):
                     wait = policy.wait(attempt)
                 if deadline is not None and clock() + wait >= deadline:
                     raise
-                if tally is not None and self._hooks.task_retry:
-                    run = tally.run
+                if call is not None and self._hooks.task_retry:
+                    run = call.run
                     event = TaskRetryEvent(
-                        run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
+                        run.run_id,
+                        call.task_id,
+                        call.call_key,
+                        self.name,
+                        attempt,
+                        exc,
+                        wait,
+                        run.context,
                     )
                     await fire(self._hooks.task_retry, event)
                 last = exc
             await asyncio.sleep(wait)
 
-    async def _limited(
-        self, limit: float, by_deadline: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        try:
-            async with asyncio.timeout(limit) as scope:
-                return await self._start(args, kwargs)
-        except TimeoutError as exc:
-            if scope.expired():
-                timeout = ActionTimeout(self.name, limit, deadline=by_deadline)
-                # A group cut short names its members' failures in notes on the cancellation;
-                # the chain is hidden below, so the notes move up to what the caller sees.
-                for note in getattr(exc.__cause__, "__notes__", ()):
-                    timeout.add_note(note)
-                raise timeout from None
-            raise
+    def _timed(
+        self, limit: float | None, by_deadline: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        """One attempt, within ``limit`` seconds if one is set.
 
-    def _start_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
-        return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
+        The one place where the function is called (the direct path of ``__call__`` aside): on
+        the event loop for an async function, through the executor for a sync one.
+        """
+        if limit is None:
+            return self._start(*args, **kwargs)
+        return limited(self._start(*args, **kwargs), limit, self.name, by_deadline)
 
-    async def _start_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = await _threads.pool().run(self._fn, args, kwargs)
+    async def _submit(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._executor.run(self._fn, args, kwargs)  # type: ignore[union-attr]
         if inspect.isawaitable(result):
+            # A sync function may return an awaitable (made by a factory, say): await it.
             result = await result
         return result
 
-    async def _start_inline(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = self._fn(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
+
+class _Keyed(Generic[P, R]):
+    """An action whose next call takes an explicit key part: what ``Action.keyed`` returns."""
+
+    __slots__ = ("_action", "_part")
+
+    def __init__(self, action: Action[P, R], part: str) -> None:
+        self._action = action
+        self._part = part
+
+    def __repr__(self) -> str:
+        return f"<{self._action.name!r} keyed {self._part!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        action = self._action
+        scope = action._frames.get(None)
+        if scope is None:
+            raise outside_run(f"action {action.name!r}")
+        if action._direct:
+            return action._fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if action._observing:
+            key = next_key(scope, self._part)
+            return action._observed(scope, key, args, kwargs)
+        return action._unobserved(args, kwargs)

@@ -72,3 +72,21 @@ def callable_(name: str, value: Any) -> None:
             "pass the function itself, not the result of calling it"
         )
     raise TypeError(f"{name} must be callable, got {value!r} of type {type(value).__name__}")
+
+
+def key_part(value: object) -> str:
+    """Return ``value`` if it can be part of a call key, or raise.
+
+    Raises:
+        TypeError: ``value`` is not a str.
+        ValueError: ``value`` is empty, holds a dot, or is all digits.
+
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"a call key part must be a str, got {value!r}")
+    if not value or "." in value or value.isdigit():
+        raise ValueError(
+            "a call key part must be a non-empty str without dots that is not all digits "
+            f"(digits are positions), got {value!r}"
+        )
+    return value

@@ -93,6 +93,9 @@ class TaskBeginEvent(NamedTuple, Generic[C]):
     """The call's id, unique within its run (1, 2, 3... in order of calls)."""
     parent_id: int | None
     """The ``task_id`` of the action call this one was made from, or None at the top."""
+    call_key: str
+    """The call's stable position in its run, such as ``"3.2.1"``: the same on every run of the
+    same body, whatever the timing."""
     name: str
     """The action's name."""
     start_timestamp: float
@@ -120,6 +123,9 @@ class TaskRetryEvent(NamedTuple, Generic[C]):
     """The id of the run the call belongs to."""
     task_id: int
     """The call's id."""
+    call_key: str
+    """The call's stable position in its run, such as ``"3.2.1"``: the same on every run of the
+    same body, whatever the timing."""
     name: str
     """The action's name."""
     attempt: int
@@ -139,6 +145,9 @@ class TaskErrorEvent(NamedTuple, Generic[C]):
     """The id of the run the call belongs to."""
     task_id: int
     """The call's id."""
+    call_key: str
+    """The call's stable position in its run, such as ``"3.2.1"``: the same on every run of the
+    same body, whatever the timing."""
     name: str
     """The action's name."""
     error: BaseException
@@ -159,6 +168,9 @@ class TaskCompletionEvent(NamedTuple, Generic[C]):
     """The call's id."""
     parent_id: int | None
     """The ``task_id`` of the action call this one was made from, or None at the top."""
+    call_key: str
+    """The call's stable position in its run, such as ``"3.2.1"``: the same on every run of the
+    same body, whatever the timing."""
     name: str
     """The action's name."""
     start_timestamp: float

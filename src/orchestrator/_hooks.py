@@ -1,4 +1,4 @@
-"""The hooks registered on an orchestrator, and how they are called."""
+"""The hooks and interceptors registered on an orchestrator, and how hooks are called."""
 
 from __future__ import annotations
 
@@ -7,18 +7,26 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _checks
+from ._interceptors import Interceptor, overriding
 
 Hook = Callable[[Any], object]
 
 
 class Hooks:
-    """The hooks of one orchestrator, one tuple per lifecycle point, in registration order.
+    """The hooks and interceptors of one orchestrator, each kind in registration order.
 
-    Tuples are replaced, never changed in place, so a hook that registers another hook
-    while hooks are firing does not disturb the firing in progress.
+    Hooks come in one tuple per lifecycle point; interceptors as one tuple of the bound methods
+    that override each point they can wrap. Tuples are replaced, never changed in place, so a
+    hook that registers another hook while hooks are firing does not disturb the firing in
+    progress.
     """
 
     __slots__ = (
+        "intercept_attempt",
+        "intercept_call",
+        "intercept_run",
+        "interceptors",
+        "observes_calls",
         "observes_tasks",
         "process_begin",
         "process_completion",
@@ -37,8 +45,15 @@ class Hooks:
         self.task_retry: tuple[Hook, ...] = ()
         self.task_error: tuple[Hook, ...] = ()
         self.task_completion: tuple[Hook, ...] = ()
-        # Read on every action call: with no task hook at all, the call skips events entirely.
+        self.interceptors: tuple[Interceptor, ...] = ()
+        self.intercept_run: tuple[Any, ...] = ()
+        self.intercept_call: tuple[Any, ...] = ()
+        self.intercept_attempt: tuple[Any, ...] = ()
         self.observes_tasks = False
+        """Whether a task hook is registered: only then are task events built."""
+        self.observes_calls = False
+        """Whether a task hook or a call or attempt interceptor is registered: only then does a
+        call get a task id and a call key."""
 
     def add(self, point: str, hook: object) -> None:
         """Append ``hook`` to the hooks of ``point`` (a slot name).
@@ -49,8 +64,30 @@ class Hooks:
         """
         _checks.callable_(f"the on_{point} hook", hook)
         setattr(self, point, (*getattr(self, point), hook))
+        self._update()
+
+    def add_interceptor(self, interceptor: object) -> None:
+        """Append ``interceptor``, innermost so far.
+
+        Raises:
+            TypeError: ``interceptor`` is not an ``Interceptor``.
+
+        """
+        if not isinstance(interceptor, Interceptor):
+            raise TypeError(
+                f"interceptor must be an instance of an Interceptor subclass, got {interceptor!r}"
+            )
+        self.interceptors = (*self.interceptors, interceptor)
+        for point in ("intercept_run", "intercept_call", "intercept_attempt"):
+            setattr(self, point, overriding(self.interceptors, point))
+        self._update()
+
+    def _update(self) -> None:
         self.observes_tasks = bool(
             self.task_begin or self.task_retry or self.task_error or self.task_completion
+        )
+        self.observes_calls = bool(
+            self.observes_tasks or self.intercept_call or self.intercept_attempt
         )
 
 

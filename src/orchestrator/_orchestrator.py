@@ -6,12 +6,13 @@ import asyncio
 import copy
 import inspect
 import os
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, cast, overload
 
 from . import _checks
-from ._action import Action
+from ._action import Action, is_async
 from ._errors import OutsideRunError
 from ._events import (
     ProcessBeginEvent,
@@ -23,10 +24,12 @@ from ._events import (
     TaskRetryEvent,
 )
 from ._hooks import Hooks
-from ._parallel import Parallel, check_options, gather, require_run
+from ._interceptors import Interceptor
+from ._parallel import Parallel, check_options, gather, member_scopes, require_run
 from ._retry import RetryPolicy
-from ._run import Frame, Run, execute
+from ._run import RUN, Run, Scope, execute
 from ._state import State, assign, new_context
+from .executors import Executor, ThreadExecutor, as_executor
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -54,26 +57,41 @@ class Orchestrator(Generic[C]):
     takes a class or zero-argument factory and gives each run a fresh instance of it instead;
     type checkers then see ``Orchestrator[ProcessContext]``.
 
+    ``executor`` is where the functions of sync actions run: an :class:`~orchestrator.executors.
+    Executor` or a ``concurrent.futures.Executor``; by default the orchestrator's own
+    :class:`~orchestrator.executors.ThreadExecutor`.
+
     Raises:
-        TypeError: ``context`` is not callable, or cannot be called without arguments.
+        TypeError: ``context`` is not callable, or cannot be called without arguments; or
+            ``executor`` is not an executor.
 
     """
 
     @overload
-    def __init__(self: Orchestrator[State], context: None = None) -> None: ...
+    def __init__(
+        self: Orchestrator[State], context: None = None, *, executor: object = None
+    ) -> None: ...
     @overload
-    def __init__(self, context: Callable[[], C]) -> None: ...
-    def __init__(self, context: Callable[[], Any] | None = None) -> None:
+    def __init__(self, context: Callable[[], C], *, executor: object = None) -> None: ...
+    def __init__(
+        self, context: Callable[[], Any] | None = None, *, executor: object = None
+    ) -> None:
         if context is None:
             context = State
         else:
             _checks.callable_("context", context)
             _require_zero_arguments(context)
+        self._executor: Executor = (
+            ThreadExecutor() if executor is None else as_executor("executor", executor)
+        )
         self._factory: Callable[[], Any] = context
         self._defaults: dict[str, Any] = {}
         self._hooks = Hooks()
+        # Each action decides its call path when it is made; they are told when hooks or
+        # interceptors change, so that no call re-decides it.
+        self._actions: weakref.WeakSet[Action[Any, Any]] = weakref.WeakSet()
         # One variable per orchestrator, so that runs of different orchestrators nest freely.
-        self._frames: ContextVar[Frame] = ContextVar(f"orchestrator-{id(self):x}")
+        self._frames: ContextVar[Scope] = ContextVar(f"orchestrator-{id(self):x}")
 
     def __repr__(self) -> str:
         return f"<Orchestrator context={getattr(self._factory, '__name__', self._factory)!s}>"
@@ -85,17 +103,17 @@ class Orchestrator(Generic[C]):
 
         If the hook raises, the body is not called and the run fails with that exception.
         """
-        self._hooks.add("process_begin", hook)
+        self._add("process_begin", hook)
         return self
 
     def on_process_error(self, hook: Hook[ProcessErrorEvent[C]]) -> Self:
         """Call ``hook`` when a run fails, just before process completion."""
-        self._hooks.add("process_error", hook)
+        self._add("process_error", hook)
         return self
 
     def on_process_completion(self, hook: Hook[ProcessCompletionEvent[C]]) -> Self:
         """Call ``hook`` last in every run, whether it succeeded, failed or was cancelled."""
-        self._hooks.add("process_completion", hook)
+        self._add("process_completion", hook)
         return self
 
     def on_task_begin(self, hook: Hook[TaskBeginEvent[C]]) -> Self:
@@ -103,23 +121,44 @@ class Orchestrator(Generic[C]):
 
         If the hook raises, no attempt is made and the call fails with that exception.
         """
-        self._hooks.add("task_begin", hook)
+        self._add("task_begin", hook)
         return self
 
     def on_task_retry(self, hook: Hook[TaskRetryEvent[C]]) -> Self:
         """Call ``hook`` when an attempt failed and a retry is scheduled, before the wait."""
-        self._hooks.add("task_retry", hook)
+        self._add("task_retry", hook)
         return self
 
     def on_task_error(self, hook: Hook[TaskErrorEvent[C]]) -> Self:
         """Call ``hook`` when an action call fails, just before task completion."""
-        self._hooks.add("task_error", hook)
+        self._add("task_error", hook)
         return self
 
     def on_task_completion(self, hook: Hook[TaskCompletionEvent[C]]) -> Self:
         """Call ``hook`` once at the end of every action call that began, however it ended."""
-        self._hooks.add("task_completion", hook)
+        self._add("task_completion", hook)
         return self
+
+    def add_interceptor(self, interceptor: Interceptor) -> Self:
+        """Wrap every later run, action call and attempt in ``interceptor``; returns self.
+
+        Interceptors nest in registration order: the first registered is the outermost.
+
+        Raises:
+            TypeError: ``interceptor`` is not an instance of an ``Interceptor`` subclass.
+
+        """
+        self._hooks.add_interceptor(interceptor)
+        self._rechoose()
+        return self
+
+    def _add(self, point: str, hook: object) -> None:
+        self._hooks.add(point, hook)
+        self._rechoose()
+
+    def _rechoose(self) -> None:
+        for action in list(self._actions):
+            action._choose()
 
     # State -------------------------------------------------------------------------------
 
@@ -138,7 +177,7 @@ class Orchestrator(Generic[C]):
             raise TypeError(f"key must be a str, got {key!r}")
         frame = self._frames.get(None)
         if frame is not None:
-            assign(frame[0].context, key, value)
+            assign(frame[RUN].context, key, value)
             return self
         try:
             copy.deepcopy(value)
@@ -163,7 +202,7 @@ class Orchestrator(Generic[C]):
                 "get_state() was called outside a run of this orchestrator; call it from the "
                 "run body, an action or a hook"
             )
-        return cast(C, frame[0].context)
+        return cast(C, frame[RUN].context)
 
     # Actions -----------------------------------------------------------------------------
 
@@ -177,6 +216,7 @@ class Orchestrator(Generic[C]):
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        executor: object = None,
     ) -> Action[P, R]: ...
     @overload
     def action(
@@ -188,6 +228,7 @@ class Orchestrator(Generic[C]):
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        executor: object = None,
     ) -> Action[P, R]: ...
     @overload
     def action(
@@ -199,6 +240,7 @@ class Orchestrator(Generic[C]):
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        executor: object = None,
     ) -> ActionDecorator: ...
     def action(
         self,
@@ -209,6 +251,7 @@ class Orchestrator(Generic[C]):
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        executor: object = None,
     ) -> Action[Any, Any] | ActionDecorator:
         """Make ``fn`` an action of this orchestrator; also a decorator, with or without options.
 
@@ -218,11 +261,13 @@ class Orchestrator(Generic[C]):
             retry: A number of retries after the first attempt, a :class:`RetryPolicy`, or None.
             timeout: The time limit of each attempt in seconds, or None for none.
             inline: Run a sync function on the event loop's thread instead of a worker thread.
+            executor: Where a sync function runs, instead of the orchestrator's executor: an
+                ``Executor`` or a ``concurrent.futures.Executor``.
 
         Raises:
             TypeError: ``fn`` is not callable, or an option has the wrong type.
-            ValueError: An option is out of range, or ``inline`` is combined with a timeout or
-                an async function.
+            ValueError: An option is out of range, ``inline`` is combined with a timeout, an
+                executor or an async function, or ``executor`` is given for an async function.
 
         """
         options: dict[str, Any] = {
@@ -230,12 +275,40 @@ class Orchestrator(Generic[C]):
             "retry": retry,
             "timeout": timeout,
             "inline": inline,
+            "executor": executor,
         }
         if fn is None:
             # Validate the options now, where the decorator is written, not when it is applied.
-            Action(_placeholder, frames=self._frames, hooks=self._hooks, **options)
+            self._make(_placeholder, options)
             return cast(ActionDecorator, lambda f: self.action(f, **options))
-        return Action(fn, frames=self._frames, hooks=self._hooks, **options)
+        return self._make(fn, options)
+
+    def _make(self, fn: Callable[..., Any], options: dict[str, Any]) -> Action[Any, Any]:
+        executor = options["executor"]
+        if executor is not None:
+            if options["inline"]:
+                raise ValueError(
+                    f"inline=True and executor={executor!r} both say where the function runs; "
+                    "pass one of them"
+                )
+            executor = as_executor("executor", executor)
+            if is_async(fn):
+                raise ValueError(
+                    f"executor= applies to sync functions, and {fn!r} is async: async actions "
+                    "run on the event loop; drop executor="
+                )
+        action = Action(
+            fn,
+            frames=self._frames,
+            hooks=self._hooks,
+            name=options["name"],
+            retry=options["retry"],
+            timeout=options["timeout"],
+            inline=options["inline"],
+            executor=self._executor if executor is None else executor,
+        )
+        self._actions.add(action)
+        return action
 
     # Running -----------------------------------------------------------------------------
 
@@ -275,8 +348,8 @@ class Orchestrator(Generic[C]):
             raise TypeError(f"run_id must be a str or None, got {run_id!r}")
         elif not run_id:
             raise ValueError("run_id must be a non-empty str or None, got ''")
-        run = Run(run_id, new_context(self._factory, self._defaults))
-        return execute(self._frames, self._hooks, run, body, args, kwargs)
+        run = Run(run_id, new_context(self._factory, self._defaults), body, args, kwargs)
+        return execute(self._frames, self._hooks, run)
 
     @overload
     def run_sync(
@@ -339,7 +412,7 @@ class Orchestrator(Generic[C]):
         for index, member in enumerate(members):
             _checks.callable_(f"actions[{index}]", member)
         limit = check_options(fail_fast, concurrency)
-        return Parallel(self._frames, members, fail_fast=fail_fast, concurrency=limit)
+        return Parallel(self._frames, self._hooks, members, fail_fast=fail_fast, concurrency=limit)
 
     def map(
         self,
@@ -370,7 +443,10 @@ class Orchestrator(Generic[C]):
         limit = check_options(fail_fast, concurrency)
         require_run(self._frames, "map()")
         values = list(items)
-        return gather(len(values), lambda i: action(values[i]), fail_fast, limit, "map items")
+        scopes = member_scopes(self._frames, self._hooks)
+        return gather(
+            len(values), lambda i: action(values[i]), fail_fast, limit, "map items", scopes
+        )
 
 
 def _placeholder() -> None:

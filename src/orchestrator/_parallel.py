@@ -10,7 +10,11 @@ from typing import Any
 
 from . import _checks
 from ._errors import ParallelError
-from ._run import Frame, outside_run
+from ._hooks import Hooks
+from ._run import RUN, TASK_ID, Scope, new_scope, next_key, outside_run
+
+Scopes = tuple[ContextVar[Scope], Callable[[int], Scope]]
+"""Where a group's members make their calls: the variable to set, and member i's scope."""
 
 
 def check_options(fail_fast: object, concurrency: object) -> int | None:
@@ -21,10 +25,25 @@ def check_options(fail_fast: object, concurrency: object) -> int | None:
     return _checks.count("concurrency", concurrency, minimum=1)
 
 
-def require_run(frames: ContextVar[Frame], what: str) -> None:
+def require_run(frames: ContextVar[Scope], what: str) -> None:
     """Raise ``OutsideRunError`` unless a run of the orchestrator is in progress here."""
     if frames.get(None) is None:
         raise outside_run(what)
+
+
+def member_scopes(frames: ContextVar[Scope], hooks: Hooks) -> Scopes | None:
+    """The scopes of a group's members, made where the group is called; None if unobserved.
+
+    The group takes one position among the calls of its caller's scope, and member ``i`` (from
+    1) makes its calls under ``"<position>.<i>"``, so that a member's keys do not depend on when
+    the other members run.
+    """
+    if not hooks.observes_calls:
+        return None
+    scope = frames.get()
+    key = next_key(scope)
+    run, task_id = scope[RUN], scope[TASK_ID]
+    return frames, lambda i: new_scope(run, task_id, f"{key}.{i + 1}")
 
 
 class Parallel:
@@ -36,13 +55,15 @@ class Parallel:
 
     def __init__(
         self,
-        frames: ContextVar[Frame],
+        frames: ContextVar[Scope],
+        hooks: Hooks,
         members: Sequence[Callable[..., Any]],
         *,
         fail_fast: bool,
         concurrency: int | None,
     ) -> None:
         self._frames = frames
+        self._hooks = hooks
         self.members: tuple[Callable[..., Any], ...] = tuple(members)
         """The members, in the order their results come back."""
         self.fail_fast = fail_fast
@@ -73,7 +94,10 @@ class Parallel:
             )
         require_run(self._frames, "a parallel group")
         start = (lambda i: members[i](args[i])) if args else (lambda i: members[i]())
-        return gather(len(members), start, self.fail_fast, self.concurrency, "parallel members")
+        scopes = member_scopes(self._frames, self._hooks)
+        return gather(
+            len(members), start, self.fail_fast, self.concurrency, "parallel members", scopes
+        )
 
 
 class _Group:
@@ -152,30 +176,36 @@ async def gather(
     fail_fast: bool,
     concurrency: int | None,
     label: str,
+    scopes: Scopes | None = None,
 ) -> list[Any]:
     """Call ``start(i)`` for each ``i`` below ``size``, at most ``concurrency`` at once.
 
     Calls start in index order. Without a limit, each awaitable gets its own task at once, as
     under ``asyncio.TaskGroup``. With one, that many workers take the next index in turn, so
-    an index not reached when a fail-fast failure stopped the group is never called.
+    an index not reached when a fail-fast failure stopped the group is never called. With
+    ``scopes``, each call starts in its member's scope.
     """
     if size == 0:
         return []
     group = _Group(size, fail_fast)
     if concurrency is None or concurrency >= size:
-        _spawn_all(group, size, start)
+        _spawn_all(group, size, start, scopes)
     else:
-        _spawn_workers(group, size, start, concurrency)
+        _spawn_workers(group, size, start, concurrency, scopes)
     cancelled = await _join(group)
     return _outcome(group, size, label, cancelled)
 
 
-def _spawn_all(group: _Group, size: int, start: Callable[[int], Any]) -> None:
+def _spawn_all(
+    group: _Group, size: int, start: Callable[[int], Any], scopes: Scopes | None
+) -> None:
     loop = asyncio.get_running_loop()
     tasks = group.tasks
     for index in range(size):
         if group.stopping:
             break
+        # The call is made, and its task created, in the member's scope: the task keeps a copy.
+        token = None if scopes is None else scopes[0].set(scopes[1](index))
         try:
             outcome = start(index)
         except BaseException as exc:  # raised by the call itself, e.g. OutsideRunError
@@ -184,11 +214,15 @@ def _spawn_all(group: _Group, size: int, start: Callable[[int], Any]) -> None:
                 group.errors[index] = exc
             group.react(exc)
             continue
-        if not inspect.isawaitable(outcome):
-            tasks.append(None)
-            group.results[index] = outcome
-            continue
-        task = loop.create_task(outcome if inspect.iscoroutine(outcome) else _wait(outcome))
+        else:
+            if not inspect.isawaitable(outcome):
+                tasks.append(None)
+                group.results[index] = outcome
+                continue
+            task = loop.create_task(outcome if inspect.iscoroutine(outcome) else _wait(outcome))
+        finally:
+            if token is not None:
+                scopes[0].reset(token)  # type: ignore[index]
         task.add_done_callback(group.task_done)
         group.pending += 1
         tasks.append(task)
@@ -198,7 +232,22 @@ async def _wait(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _spawn_workers(group: _Group, size: int, start: Callable[[int], Any], concurrency: int) -> None:
+def _spawn_workers(
+    group: _Group,
+    size: int,
+    start: Callable[[int], Any],
+    concurrency: int,
+    scopes: Scopes | None,
+) -> None:
+    if scopes is not None:
+        # A worker is a task of its own, so its variable can hold each member's scope in turn.
+        frames, scope = scopes
+        plain = start
+
+        def start(index: int) -> Any:
+            frames.set(scope(index))
+            return plain(index)
+
     async def worker() -> None:
         me = asyncio.current_task()
         while not group.stopping and group.next < size:

@@ -12,20 +12,50 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from ._errors import OutsideRunError
 from ._events import ProcessBeginEvent, ProcessCompletionEvent, ProcessErrorEvent
 from ._hooks import Hooks, fire, fire_all
+from ._interceptors import wrap
 
 C = TypeVar("C")
 
 
 class Run(Generic[C]):
-    """The record of one run, found through its orchestrator's context variable."""
+    """One run of a body: its id, its context and what it was called with.
 
-    __slots__ = ("context", "epoch", "run_id", "task_ids")
+    Interceptors receive it (``intercept_run``, and ``CallInfo.run``); read it, do not change it.
+    """
 
-    def __init__(self, run_id: str, context: C) -> None:
+    __slots__ = (
+        "args",
+        "body",
+        "context",
+        "epoch",
+        "explicit_keys",
+        "kwargs",
+        "run_id",
+        "task_ids",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        context: C,
+        body: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self.run_id = run_id
+        """The run's id, given to ``run(run_id=...)`` or generated."""
         self.context = context
+        """The run's context, the object ``get_state()`` returns."""
+        self.body = body
+        """The body the run calls."""
+        self.args = args
+        """The body's positional arguments."""
+        self.kwargs = kwargs
+        """The body's keyword arguments."""
         self.task_ids = itertools.count(1)
         """Where each observed action call of the run takes its task id from."""
+        self.explicit_keys: set[str] | None = None
+        """The call keys made from explicit key parts so far, to refuse a second use."""
         self.epoch = time.time() - time.perf_counter()
         """Added to ``time.perf_counter()`` to give a POSIX timestamp.
 
@@ -43,26 +73,65 @@ def outside_run(what: str) -> OutsideRunError:
     )
 
 
-Frame: TypeAlias = tuple[Run[Any], int | None]
-"""What an orchestrator's context variable holds: the current run and the current task id."""
+Scope: TypeAlias = list[Any]
+"""Where calls are being made from: what an orchestrator's context variable holds.
+
+The run body has a scope, and so has each observed action call and each member of a group whose
+calls are observed. Calls made in a scope are numbered from 1 in the order they are made, and
+their call keys extend the scope's key with that number. A scope is a list, indexed by the
+constants below, because one is made for every observed call and a list is the cheapest object
+with a counter that can go up.
+"""
+
+RUN = 0
+"""Index of the run in a scope."""
+TASK_ID = 1
+"""Index of the task id of the observed call that calls are made from (None in the body)."""
+KEY = 2
+"""Index of the key under which calls made here sit: ``""`` in the body, ``"3.2"`` in the
+call whose key is ``"3.2"``."""
+MADE = 3
+"""Index of how many calls were made here by position so far."""
 
 
-async def execute(
-    frames: ContextVar[Frame],
-    hooks: Hooks,
-    run: Run[Any],
-    body: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run ``body`` as the run ``run``, firing the process hooks around it.
+def new_scope(run: Run[Any], task_id: int | None, key: str) -> Scope:
+    """A scope in which no call was made yet."""
+    return [run, task_id, key, 0]
+
+
+def next_key(scope: Scope, part: str | None = None) -> str:
+    """The call key of the next call made in ``scope``: its position, or an explicit part.
+
+    Raises:
+        ValueError: The explicit ``part`` was already used in this scope of the run.
+    """
+    if part is None:
+        scope[MADE] += 1
+        part = str(scope[MADE])
+    key = f"{scope[KEY]}.{part}" if scope[KEY] else part
+    if part.isdigit():
+        return key
+    run: Run[Any] = scope[RUN]
+    if run.explicit_keys is None:
+        run.explicit_keys = set()
+    elif key in run.explicit_keys:
+        raise ValueError(
+            f"the call key {key!r} of run {run.run_id!r} was already used; give each call "
+            "made from one place its own key part"
+        )
+    run.explicit_keys.add(key)
+    return key
+
+
+async def execute(frames: ContextVar[Scope], hooks: Hooks, run: Run[Any]) -> Any:
+    """Run the body of ``run``, firing the process hooks and interceptors around it.
 
     Process begin fires first. If it or the body fails (cancellation included), process error
     fires, then process completion, which fires last whatever happens; every completion hook
     runs even if one raises. A raising error or completion hook replaces the run's outcome;
     Python keeps the earlier exception as its ``__context__``.
     """
-    token = frames.set((run, None))
+    token = frames.set(new_scope(run, None, ""))
     clock = time.perf_counter()
     result: Any = None
     error: BaseException | None = None
@@ -71,9 +140,10 @@ async def execute(
             await fire(
                 hooks.process_begin, ProcessBeginEvent(run.run_id, clock + run.epoch, run.context)
             )
-        result = body(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
+        if hooks.intercept_run:
+            result = await wrap(hooks.intercept_run, run, lambda: _call_body(run))
+        else:
+            result = await _call_body(run)
         return result
     except BaseException as exc:
         error = exc
@@ -104,3 +174,10 @@ async def execute(
                 await fire_all(hooks.process_completion, done)
         finally:
             frames.reset(token)
+
+
+async def _call_body(run: Run[Any]) -> Any:
+    result = run.body(*run.args, **run.kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 _IDLE_SECONDS = 60.0
+DEFAULT_MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 
 
 class _Job:

@@ -15,10 +15,13 @@ from typing import Any
 from clock import VirtualClock, VirtualLoop
 from model import Group, Scenario, Step
 
-from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, State, _threads
+from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, State
+from orchestrator.executors import ThreadExecutor
 
 WATCHDOG_SECONDS = 20.0
-_POOL = _threads.WorkerPool(256)
+# The virtual clock stands still while a job waits in the pool's queue, so every parked
+# thread needs a worker: a pool far larger than any scenario's threads.
+EXECUTOR = ThreadExecutor(256)
 
 
 class Retryable(Exception):
@@ -75,24 +78,11 @@ class Observation:
 
 
 def execute(scenario: Scenario) -> Observation:
-    """Run every run of ``scenario`` concurrently on one orchestrator, and observe.
-
-    The worker pool is replaced by a larger one for the duration: the virtual clock stands
-    still while a job waits in the pool's queue, so every parked thread needs a worker.
-    """
-    previous = _threads._pool
-    _threads._pool = _POOL
-    try:
-        return _execute(scenario)
-    finally:
-        _threads._pool = previous
-
-
-def _execute(scenario: Scenario) -> Observation:
-    clock = VirtualClock()
+    """Run every run of ``scenario`` concurrently on one orchestrator, and observe."""
+    clock = VirtualClock(EXECUTOR._pool)
     loop = VirtualLoop(clock)
     seen = Observation()
-    orchestrator = Orchestrator()
+    orchestrator = Orchestrator(executor=EXECUTOR)
     try:
         _instrument(orchestrator, scenario, clock, loop, seen)
         actions = _actions(orchestrator, scenario, clock, seen)
@@ -111,9 +101,9 @@ def _execute(scenario: Scenario) -> Observation:
 def _settled_busy() -> int:
     # A finished job leaves the count a moment after it delivered its result: wait a little.
     deadline = time.monotonic() + 2
-    while _threads.pool().busy() and time.monotonic() < deadline:
+    while EXECUTOR._pool.busy() and time.monotonic() < deadline:
         time.sleep(0.001)
-    return _threads.pool().busy()
+    return EXECUTOR._pool.busy()
 
 
 def _instrument(
