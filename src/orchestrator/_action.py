@@ -96,20 +96,25 @@ class Action(Generic[P, R]):
         self._timeout = _checks.seconds("timeout", timeout, allow_zero=False, allow_none=True)
         _checks.flag("inline", inline)
         asynchronous = is_async(fn)
-        if inline:
-            executor = InlineExecutor()
         if asynchronous and inline:
             raise ValueError(
                 f"inline=True applies to sync functions only, and {fn!r} is async; drop inline"
             )
-        if isinstance(executor, InlineExecutor) and (
+        if (inline or isinstance(executor, InlineExecutor)) and (
             timeout is not None or (self._policy and self._policy.deadline)
         ):
             what = "a timeout" if timeout is not None else "a retry deadline"
+            if inline:
+                raise ValueError(
+                    f"inline=True cannot be combined with {what}: an inline sync function blocks "
+                    "the event loop, so nothing could stop it; drop inline to run it in a thread"
+                )
             raise ValueError(
-                f"inline=True cannot be combined with {what}: an inline sync function blocks "
-                "the event loop, so nothing could stop it; drop inline to run it in a thread"
+                f"an InlineExecutor cannot be combined with {what}: it runs the function on the "
+                "event loop's thread, so nothing could stop it; use another executor"
             )
+        if inline:
+            executor = InlineExecutor()
         self.name: str = name if name is not None else action_name(fn)
         """The name that events carry."""
         self._fn: Callable[..., Any] = fn
