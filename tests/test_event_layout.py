@@ -62,6 +62,7 @@ LAYOUTS: dict[type[Any], tuple[str, ...]] = {
         "result",
         "error",
         "attempts",
+        "replayed",
         "context",
     ),
 }
@@ -120,7 +121,8 @@ def test_every_field_of_every_task_event_holds_what_its_name_says() -> None:
         "1.1",
         "step",
     )
-    assert (done.result, done.error, done.attempts, done.context) == (6, None, 2, context)
+    assert (done.result, done.error, done.attempts, done.replayed) == (6, None, 2, False)
+    assert done.context is context
     assert done.start_timestamp <= done.end_timestamp
     # Timestamps are large floats: their difference is the duration up to float rounding.
     assert done.duration == pytest.approx(

@@ -99,6 +99,7 @@ def test_an_interceptor_can_replace_the_result_without_calling_the_function() ->
     class Recorded(Interceptor):
         def intercept_call(self, call: CallInfo[Any], proceed: Any) -> Any:
             async def replayed() -> str:
+                call.replayed = True
                 return f"recorded {call.call_key}"
 
             return replayed()
@@ -117,7 +118,7 @@ def test_an_interceptor_can_replace_the_result_without_calling_the_function() ->
     assert orch.run_sync(body) == "recorded 1"
     assert called == []
     (done,) = recorder.events("task_completion")
-    assert (done.result, done.attempts) == ("recorded 1", 0)
+    assert (done.result, done.attempts, done.replayed) == ("recorded 1", 0, True)
 
 
 def test_what_an_interceptor_raises_is_the_call_failure_and_completion_still_fires() -> None:

@@ -320,6 +320,7 @@ class Action(Generic[P, R]):
                             result if error is None else None,
                             error,
                             call.attempts if call else attempts,
+                            call is not None and call.replayed,
                             run.context,
                         ),
                     )

@@ -185,6 +185,8 @@ class TaskCompletionEvent(NamedTuple, Generic[C]):
     """What the call raises, or None if it succeeded."""
     attempts: int
     """How many attempts started."""
+    replayed: bool
+    """Whether an interceptor (a journal) supplied the outcome instead of running the call."""
     context: C
     """The run's context."""
 

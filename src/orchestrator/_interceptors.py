@@ -29,7 +29,17 @@ class CallInfo(Generic[C]):
     call; ``attempts`` counts the attempts started so far.
     """
 
-    __slots__ = ("action", "args", "attempts", "call_key", "kwargs", "parent_id", "run", "task_id")
+    __slots__ = (
+        "action",
+        "args",
+        "attempts",
+        "call_key",
+        "kwargs",
+        "parent_id",
+        "replayed",
+        "run",
+        "task_id",
+    )
 
     def __init__(
         self,
@@ -57,6 +67,9 @@ class CallInfo(Generic[C]):
         """The keyword arguments of the call."""
         self.attempts = 0
         """How many attempts have started."""
+        self.replayed = False
+        """Set to True by an interceptor that hands back a recorded outcome instead of calling
+        ``proceed()``; the call's completion event carries it."""
 
     @property
     def name(self) -> str:
