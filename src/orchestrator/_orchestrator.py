@@ -37,7 +37,7 @@ from ._hooks import Hooks
 from ._parallel import Parallel, check_options, gather, require_run
 from ._retry import RetryPolicy
 from ._run import Frame, Run, execute
-from ._state import State, assign, new_context
+from ._state import State, assign, check_key, new_context
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -152,6 +152,8 @@ class Orchestrator(Generic[C]):
 
         Raises:
             TypeError: ``key`` is not a str, or (outside a run) ``value`` cannot be deep-copied.
+            ValueError: (outside a run) The context is of a class with ``__slots__`` that has
+                no attribute ``key``, so that every run would fail to set it.
 
         """
         if not isinstance(key, str):
@@ -160,6 +162,7 @@ class Orchestrator(Generic[C]):
         if frame is not None:
             assign(frame[0].context, key, value)
             return self
+        check_key(self._factory, key)
         try:
             copy.deepcopy(value)
         except Exception as exc:
