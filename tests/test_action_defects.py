@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Action, Orchestrator, RetryPolicy, TaskBeginEvent
+from orchestrator import Action, Orchestrator, OutsideRunError, RetryPolicy, TaskBeginEvent
 from orchestrator.testing import EventRecorder, set_testing
 
 # Module level, so that pickle can find them by name (and a spawned process can import them).
@@ -99,6 +99,43 @@ def test_a_sync_method_action_with_options_binds_self() -> None:
     with set_testing(True):
         assert local.run_sync(body) == ("A", 5)
     assert len(attempts) == 2
+
+
+@pytest.mark.parametrize("sync", [False, True])
+@pytest.mark.parametrize("options", [{}, {"retry": 1}, {"timeout": 5}])
+@pytest.mark.parametrize("hooked", [False, True])
+def test_a_method_action_binds_self_on_every_call_path(
+    sync: bool, options: dict[str, Any], hooked: bool
+) -> None:
+    local = Orchestrator()
+    seen: list[tuple[Any, ...]] = []
+    if hooked:
+        local.on_task_begin(lambda event: seen.append(event.args))
+
+    class Inventory:
+        def __init__(self, stock: int) -> None:
+            self.stock = stock
+
+        def check(self, sku: str) -> tuple[str, int]:
+            return sku, self.stock
+
+        async def check_async(self, sku: str) -> tuple[str, int]:
+            return sku, self.stock
+
+        checked = local.action(check if sync else check_async, **options)
+
+    inventory = Inventory(3)
+
+    async def body() -> tuple[str, int]:
+        return await inventory.checked("A")
+
+    assert local.run_sync(body) == ("A", 3)
+    assert seen == ([(inventory, "A")] if hooked else [])
+
+
+def test_a_method_action_called_outside_a_run_raises_at_the_call() -> None:
+    with pytest.raises(OutsideRunError, match="action 'count'"):
+        Shelf({}).count("A")
 
 
 def test_events_of_a_method_action_carry_its_name_and_self_in_args() -> None:

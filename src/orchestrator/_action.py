@@ -189,7 +189,7 @@ class Action(Generic[P, R]):
         bound: BoundAction[..., R] = _make(BoundAction)
         # One dict for both: a bound action is a view of this one, not a copy to keep in step.
         bound.__dict__ = self.__dict__
-        bound.__func__ = cast(Action[Any, R], self)
+        bound.__func__ = cast("Action[Any, R]", self)
         bound.__self__ = instance
         return bound
 
@@ -231,7 +231,7 @@ class Action(Generic[P, R]):
             return self._attempts(None, args, kwargs)
         if self._direct:
             return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return cast(Coroutine[object, None, R], self._once(args, kwargs))
+        return cast("Coroutine[object, None, R]", self._once(args, kwargs))
 
     async def _observed(self, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # Every begin gets exactly one completion: it fires in the finally clause, so nothing
@@ -464,7 +464,19 @@ class BoundAction(Action[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, None, R]:
         """Call the action with the instance first, then ``args`` and ``kwargs``."""
-        return Action.__call__(self, self.__self__, *args, **kwargs)  # type: ignore[arg-type]
+        # Action.__call__ with the instance put first; written out, as one more call in
+        # between would cost as much again as binding does.
+        full = (self.__self__, *args)
+        frame = self._frames.get(None)
+        if frame is None:
+            raise outside_run(f"action {self.name!r}")
+        if self._hooks.observes_tasks:
+            return self._observed(frame, full, kwargs)
+        if self._policy is not None:
+            return self._attempts(None, full, kwargs)
+        if self._direct:
+            return self._fn(*full, **kwargs)  # type: ignore[no-any-return]
+        return cast("Coroutine[object, None, R]", self._once(full, kwargs))
 
     def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
         return self  # bound already, as a bound method is
