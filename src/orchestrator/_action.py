@@ -83,7 +83,8 @@ class Action(Generic[P, R]):
 
     Made by ``Orchestrator.action``. Calling it returns a coroutine of the function's result;
     await it inside a run of its orchestrator. Sync functions run in a worker thread unless
-    the action is ``inline``.
+    the action is ``inline``. In a class body it binds like a function: read from an instance,
+    it is a :class:`BoundAction` that passes the instance first. It pickles by reference.
     """
 
     def __init__(

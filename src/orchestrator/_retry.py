@@ -39,7 +39,8 @@ class RetryPolicy:
             ``Retry-After`` header). Only ``Exception`` subclasses are ever retried:
             cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are. ``RecursionError``
             is retried only when ``retry_on`` names it (or a subclass), alone or in a tuple, or
-            a predicate accepts it; a broader type such as ``Exception`` leaves it out.
+            a predicate accepts it; a broader type such as ``Exception`` leaves it out. A call
+            with arguments the function cannot accept is never retried, whatever this says.
         deadline: A budget in seconds for all attempts and waits of one call together, or
             None. Each attempt's time limit shrinks to what is left of it, and no retry is
             scheduled whose wait would end past it.
