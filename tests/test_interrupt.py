@@ -121,7 +121,7 @@ SCRIPT = textwrap.dedent(
 
 
 def _read_until(proc: subprocess.Popen[bytes], wanted: bytes, timeout: float) -> bytes:
-    """Read the script's raw stdout until it holds the line ``wanted``, or EOF, or timeout.
+    """Read the script's raw stdout until it holds the whole line ``wanted``, or EOF, or timeout.
 
     Reads the pipe's file descriptor directly (no buffered reader), so that ``communicate()``
     later gets exactly what was not read here.
@@ -132,7 +132,9 @@ def _read_until(proc: subprocess.Popen[bytes], wanted: bytes, timeout: float) ->
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
-        while wanted not in seen.splitlines() and time.monotonic() < deadline:
+        # Only complete lines count: print() may write a line's text and its newline apart,
+        # and SIGINT sent between the two would split the line around other output.
+        while wanted not in seen.split(b"\n")[:-1] and time.monotonic() < deadline:
             if not selector.select(deadline - time.monotonic()):
                 break
             chunk = os.read(fd, 4096)

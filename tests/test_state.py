@@ -232,6 +232,51 @@ def test_set_state_with_dict_context_uses_item_assignment():
     assert first["errors"] is not second["errors"]
 
 
+@dataclass(slots=True)
+class SlotsContext:
+    api_key: str | None = None
+    request_count: int = 0
+
+
+def test_set_state_refuses_a_key_that_a_slots_context_cannot_hold() -> None:
+    local = Orchestrator(SlotsContext)
+    with pytest.raises(ValueError, match="'tpyo'") as info:
+        local.set_state("tpyo", 1)
+    assert "SlotsContext" in str(info.value)
+    assert "api_key, request_count" in str(info.value)
+
+
+def test_a_refused_key_leaves_later_runs_of_a_slots_context_working() -> None:
+    local = Orchestrator(SlotsContext).set_state("api_key", "k")
+    with pytest.raises(ValueError, match="tpyo"):
+        local.set_state("tpyo", 1)
+
+    async def body() -> str | None:
+        return local.get_state().api_key
+
+    assert local.run_sync(body) == "k"
+
+
+def test_set_state_accepts_any_key_for_contexts_with_a_dict() -> None:
+    @dataclass
+    class Plain:
+        api_key: str | None = None
+
+    Orchestrator(Plain).set_state("extra", 1)
+    Orchestrator(dict).set_state("extra", 1)
+    Orchestrator(lambda: SlotsContext()).set_state("extra", 1)  # a factory: taken on trust
+
+
+def test_set_state_refuses_a_read_only_class_attribute_of_a_slots_context() -> None:
+    class Limits:
+        __slots__ = ("count",)
+        ceiling = 10
+
+    with pytest.raises(ValueError, match="'ceiling'"):
+        Orchestrator(Limits).set_state("ceiling", 20)
+    Orchestrator(Limits).set_state("count", 1)
+
+
 # get_state -----------------------------------------------------------------------------------
 
 

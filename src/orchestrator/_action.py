@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from types import MappingProxyType
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
 from . import _checks
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
@@ -31,13 +33,24 @@ from ._timeout import limited
 from .executors import Executor, InlineExecutor
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")
 R = TypeVar("R")
+S = TypeVar("S")
+T = TypeVar("T")
 
 # Events are named tuples; building them straight from a tuple skips the Python-level
 # __new__ that NamedTuple generates, which costs as much as the rest of a hook call.
 _new: Callable[..., Any] = tuple.__new__
 _clock = time.perf_counter
 _NO_KWARGS: MappingProxyType[str, Any] = MappingProxyType({})
+_make = object.__new__
+
+# What asyncio.iscoroutinefunction() looks for on an object that is not a function (its
+# marker for objects whose call returns a coroutine); inspect has its own from Python 3.12.
+_ASYNCIO_MARK = getattr(asyncio.coroutines, "_is_coroutine", None)
+_mark_coroutine_function: Callable[[Any], Any] | None = getattr(
+    inspect, "markcoroutinefunction", None
+)
 
 
 def action_name(fn: Callable[..., Any]) -> str:
@@ -72,7 +85,9 @@ class Action(Generic[P, R]):
 
     Made by ``Orchestrator.action``. Calling it returns a coroutine of the function's result;
     await it inside a run of its orchestrator. Sync functions run on the action's executor (by
-    default the orchestrator's worker threads).
+    default the orchestrator's worker threads). In a class body it binds like a function: read
+    from an instance, it is a :class:`BoundAction` that passes the instance first. It pickles by
+    reference.
     """
 
     def __init__(
@@ -88,6 +103,16 @@ class Action(Generic[P, R]):
         inline: bool = False,
     ) -> None:
         _checks.callable_("the action function", fn)
+        binds = True
+        if isinstance(fn, staticmethod):
+            # @orch.action over @staticmethod: the function, never bound to an instance.
+            fn, binds = fn.__func__, False
+        if _is_async_generator(fn):
+            raise TypeError(
+                f"the action function must return its result, got the async generator "
+                f"function {fn!r}; an action's call is awaited once for one result, so collect "
+                "the items in an async function and return them"
+            )
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, got {name!r}")
         if name == "":
@@ -128,9 +153,17 @@ class Action(Generic[P, R]):
         self._tracked = False
         # What calls the function: the function itself if async, else its executor's run.
         self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if asynchronous else self._submit  # type: ignore[assignment]
+        self._binds = binds
         self._choose()
         # updated=() keeps the wrapped object's __dict__ (an Action's own state) out of ours.
         functools.update_wrapper(self, fn, updated=())
+        # Calling an action, sync or async, returns a coroutine: frameworks that check before
+        # calling must await it rather than drop it.
+        if _ASYNCIO_MARK is not None:
+            self._is_coroutine = _ASYNCIO_MARK
+        if _mark_coroutine_function is not None:
+            _mark_coroutine_function(self)
+        _reach_through(fn)
 
     def _choose(self) -> None:
         """Decide the path of every later call; run again whenever hooks or interceptors change.
@@ -176,7 +209,40 @@ class Action(Generic[P, R]):
             f"{' inline' if self.inline else ''}>"
         )
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None, /) -> Self: ...
+    @overload
+    def __get__(
+        self: Action[Concatenate[S, Q], T], instance: S, owner: type[Any] | None = None, /
+    ) -> Action[Q, T]: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        """Bind the action to ``instance`` when it is read from one, as a function would be.
+
+        The bound action is the same action (its name, options and hooks) with ``instance``
+        passed first to the function; the events of its calls show it in ``args``.
+        """
+        if instance is None or not self._binds:
+            return self
+        bound: BoundAction[..., R] = _make(BoundAction)
+        # One dict for both: a bound action is a view of this one, not a copy to keep in step.
+        bound.__dict__ = self.__dict__
+        bound.__func__ = cast("Action[Any, R]", self)
+        bound.__self__ = instance
+        return bound
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        # By reference, as a function: the action found under its function's qualified name in
+        # its module. It holds hooks, a context variable and a live policy: no copy of those.
+        qualname = self.__dict__.get("__qualname__")
+        if not isinstance(qualname, str):
+            raise TypeError(
+                f"cannot pickle {self!r}: an action pickles by reference, under the qualified "
+                "name of its function, and this one's function has none; make the action from "
+                "a function defined at module level"
+            )
+        return qualname
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, None, R]:
         """Return a coroutine that makes one call of the action, retries included.
 
         Each call is one task of the run in the events' sense (a ``task_id``); no asyncio task
@@ -217,6 +283,18 @@ class Action(Generic[P, R]):
         """
         _checks.key_part(part)
         return _Keyed(self, part)
+
+    def _keyed_call(
+        self, part: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[object, None, R]:
+        scope = self._frames.get(None)
+        if scope is None:
+            raise outside_run(f"action {self.name!r}")
+        if self._direct:
+            return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
+        if self._observing:
+            return self._observed(scope, next_key(scope, part), args, kwargs)
+        return self._unobserved(args, kwargs)
 
     def _unobserved(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -380,6 +458,8 @@ class Action(Generic[P, R]):
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise
+                if isinstance(exc, TypeError) and not self._accepts(args, kwargs):
+                    raise  # arguments the function cannot take fail every attempt alike
                 # The testing switch is read only after a failure, keeping success cheap.
                 testing, cap = testing_mode()
                 most = policy.retries + 1
@@ -411,6 +491,24 @@ class Action(Generic[P, R]):
                     await fire(self._hooks.task_retry, event)
                 last = exc
             await asyncio.sleep(wait)
+
+    def _accepts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        """Whether the function's signature takes these arguments; asked after a TypeError."""
+        try:
+            signature = self._signature
+        except AttributeError:
+            try:
+                signature = inspect.signature(self._fn)
+            except (TypeError, ValueError):  # no signature to read: let the policy decide
+                signature = None
+            self._signature: inspect.Signature | None = signature
+        if signature is None:
+            return True
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError:
+            return False
+        return True
 
     def _timed(
         self, limit: float | None, by_deadline: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -444,14 +542,97 @@ class _Keyed(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<{self._action.name!r} keyed {self._part!r}>"
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        action = self._action
-        scope = action._frames.get(None)
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, None, R]:
+        return self._action._keyed_call(self._part, args, kwargs)
+
+
+class BoundAction(Action[P, R]):
+    """An action read from an instance: calls pass the instance first, like a bound method.
+
+    Made by ``Action.__get__``; ``__func__`` is the action and ``__self__`` the instance.
+    """
+
+    __slots__ = ("__func__", "__self__")
+
+    __func__: Action[Any, R]
+    __self__: object
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, None, R]:
+        """Call the action with the instance first, then ``args`` and ``kwargs``."""
+        # Action.__call__ with the instance put first; written out, as one more call in
+        # between would cost as much again as binding does.
+        full = (self.__self__, *args)
+        scope = self._frames.get(None)
         if scope is None:
-            raise outside_run(f"action {action.name!r}")
-        if action._direct:
-            return action._fn(*args, **kwargs)  # type: ignore[no-any-return]
-        if action._observing:
-            key = next_key(scope, self._part)
-            return action._observed(scope, key, args, kwargs)
-        return action._unobserved(args, kwargs)
+            raise outside_run(f"action {self.name!r}")
+        if self._direct:
+            return self._fn(*full, **kwargs)  # type: ignore[no-any-return]
+        if self._observing:
+            made = scope[MADE] = scope[MADE] + 1
+            key = f"{scope[KEY]}.{made}" if scope[KEY] else str(made)
+            return self._observed(scope, key, full, kwargs)
+        return self._unobserved(full, kwargs)
+
+    def _keyed_call(
+        self, part: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Coroutine[object, None, R]:
+        return Action._keyed_call(self, part, (self.__self__, *args), kwargs)
+
+    def __get__(self, instance: object, owner: type[Any] | None = None, /) -> Any:
+        return self  # bound already, as a bound method is
+
+    def __repr__(self) -> str:
+        return f"<bound {Action.__repr__(self)[1:-1]} of {self.__self__!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BoundAction)
+            and other.__func__ is self.__func__
+            and other.__self__ is self.__self__
+        )
+
+    def __hash__(self) -> int:
+        return hash((id(self.__func__), id(self.__self__)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As a bound method pickles: the instance, and the attribute read from it again.
+        return (getattr, (self.__self__, self.__dict__.get("__name__", self.name)))
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The function's signature without its first parameter, which the instance fills."""
+        signature = inspect.signature(self.__func__)
+        return signature.replace(parameters=tuple(signature.parameters.values())[1:])
+
+
+def _is_async_generator(fn: Callable[..., Any]) -> bool:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.isfunction(fn) or inspect.ismethod(fn):
+        return inspect.isasyncgenfunction(fn)
+    return inspect.isasyncgenfunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+def _reach_through(fn: Callable[..., Any]) -> None:
+    """Let ``action.__wrapped__`` pickle by reference, through the action.
+
+    A function pickles as a reference to its qualified name in its module. Under a decorator
+    that name holds the action, not the function, so the function itself would not pickle
+    (pickle finds "not the same object") and no process pool could take it. When the function
+    cannot be found under its name now, as under a decorator, its qualified name becomes the
+    path through the action, ``name.__wrapped__``. A function that can be found, as in
+    ``orch.action(f)`` after ``def f``, is left alone.
+    """
+    if not isinstance(fn, types.FunctionType):
+        return
+    qualname = fn.__qualname__
+    if "<" in qualname:  # <locals>, <lambda>: never reachable by name
+        return
+    found: object = sys.modules.get(fn.__module__)
+    try:
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except Exception:
+        found = None
+    if found is not fn:
+        fn.__qualname__ = f"{qualname}.__wrapped__"

@@ -26,13 +26,37 @@ def seconds(
     if isinstance(value, bool) or not isinstance(value, int | float):
         expected = "a number of seconds" + (" or None" if allow_none else "")
         raise TypeError(f"{name} must be {expected}, got {value!r}")
-    number = float(value)
+    number = as_float(value)
     if math.isnan(number) or math.isinf(number):
-        raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds, got {shown(value)}")
     if number < 0 or (number == 0 and not allow_zero):
         bound = "zero or more" if allow_zero else "greater than zero"
-        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+        raise ValueError(f"{name} must be {bound} seconds, got {shown(value)}")
     return number
+
+
+def as_float(value: float) -> float:
+    """``value`` as a float, an int too large for one becoming an infinity of its sign.
+
+    ``float()`` raises ``OverflowError`` for such an int; the checks turn an infinity into the
+    documented ``ValueError`` instead.
+    """
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, except that a huge int is described by its size.
+
+    The repr of an int of 10,000 digits would drown the message, and past 4,300 digits Python
+    refuses to make it at all.
+    """
+    if isinstance(value, int) and value.bit_length() > 128:
+        bits = value.bit_length()
+        return f"an int of {bits} bits" + (", too large for a float" if bits > 1024 else "")
+    return repr(value)
 
 
 def count(name: str, value: object, *, minimum: int) -> int:
@@ -46,7 +70,7 @@ def count(name: str, value: object, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name} must be {minimum} or more, got {value!r}")
+        raise ValueError(f"{name} must be {minimum} or more, got {shown(value)}")
     return value
 
 

@@ -9,7 +9,18 @@ import os
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
-from typing import Any, Generic, ParamSpec, Protocol, Self, TypeVar, cast, overload
+from typing import (
+    Any,
+    Generic,
+    NoReturn,
+    ParamSpec,
+    Protocol,
+    Self,
+    SupportsIndex,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from . import _checks
 from ._action import Action, is_async
@@ -28,7 +39,7 @@ from ._interceptors import Interceptor
 from ._parallel import Parallel, check_options, gather, member_scopes, require_run
 from ._retry import RetryPolicy
 from ._run import RUN, Run, Scope, execute
-from ._state import State, assign, new_context
+from ._state import State, assign, check_key, new_context
 from .executors import Executor, ThreadExecutor, as_executor
 
 C = TypeVar("C")
@@ -95,6 +106,15 @@ class Orchestrator(Generic[C]):
 
     def __repr__(self) -> str:
         return f"<Orchestrator context={getattr(self._factory, '__name__', self._factory)!s}>"
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        # Pickled, an orchestrator would arrive with no run in progress and its hooks cut off
+        # from the events of the process that runs the run.
+        raise TypeError(
+            "an Orchestrator cannot be pickled or copied: its hooks and each run's context live "
+            "in the process running the run; send other processes plain values (read with "
+            "get_state() in that process) or actions, which pickle by reference"
+        )
 
     # Hooks -------------------------------------------------------------------------------
 
@@ -171,6 +191,8 @@ class Orchestrator(Generic[C]):
 
         Raises:
             TypeError: ``key`` is not a str, or (outside a run) ``value`` cannot be deep-copied.
+            ValueError: (outside a run) The context is of a class with ``__slots__`` that has
+                no attribute ``key``, so that every run would fail to set it.
 
         """
         if not isinstance(key, str):
@@ -179,6 +201,7 @@ class Orchestrator(Generic[C]):
         if frame is not None:
             assign(frame[RUN].context, key, value)
             return self
+        check_key(self._factory, key)
         try:
             copy.deepcopy(value)
         except Exception as exc:
@@ -320,11 +343,11 @@ class Orchestrator(Generic[C]):
         *args: Any,
         run_id: str | None = None,
         **kwargs: Any,
-    ) -> Coroutine[Any, Any, R]: ...
+    ) -> Coroutine[object, None, R]: ...
     @overload
     def run(
         self, body: Callable[..., R], /, *args: Any, run_id: str | None = None, **kwargs: Any
-    ) -> Coroutine[Any, Any, R]: ...
+    ) -> Coroutine[object, None, R]: ...
     def run(
         self, body: Callable[..., Any], /, *args: Any, run_id: str | None = None, **kwargs: Any
     ) -> Coroutine[Any, Any, Any]:
@@ -422,7 +445,7 @@ class Orchestrator(Generic[C]):
         *,
         concurrency: int | None = None,
         fail_fast: bool = False,
-    ) -> Coroutine[Any, Any, list[R]]:
+    ) -> Coroutine[object, None, list[R]]:
         """Return a coroutine that calls ``action(item)`` for every item, at the same time.
 
         Results come in the items' order. Failures follow the rules of :meth:`parallel`. With

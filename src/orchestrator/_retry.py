@@ -20,9 +20,11 @@ RetryOn: TypeAlias = (
 class RetryPolicy:
     """How an action retries a failed attempt.
 
-    The wait before retry ``n`` (1-based) is ``delay * backoff ** (n - 1)``, capped at
-    ``max_delay``, then moved up or down at random by at most ``jitter`` times itself, and capped
-    at ``max_delay`` again. With the defaults the waits are about 0.1, 0.2 and 0.4 seconds.
+    The wait before retry ``n`` (1-based) starts from ``base = min(max_delay, delay * backoff **
+    (n - 1))`` and is drawn at random, evenly, from ``base * (1 - jitter)`` to ``base * (1 +
+    jitter)``, that upper end lowered to ``max_delay`` where it would pass it. No wait exceeds
+    ``max_delay``, and waits that reach the cap spread below it instead of landing on it
+    together. With the defaults the waits are about 0.1, 0.2 and 0.4 seconds.
 
     Attributes:
         retries: How many times to retry after the first attempt; 0 means one attempt only.
@@ -35,7 +37,10 @@ class RetryPolicy:
             predicate taking the exception. A predicate returns True or False, or a number of
             seconds to wait before the retry instead of the schedule (for example, from a
             ``Retry-After`` header). Only ``Exception`` subclasses are ever retried:
-            cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are.
+            cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are. ``RecursionError``
+            is retried only when ``retry_on`` names it (or a subclass), alone or in a tuple, or
+            a predicate accepts it; a broader type such as ``Exception`` leaves it out. A call
+            with arguments the function cannot accept is never retried, whatever this says.
         deadline: A budget in seconds for all attempts and waits of one call together, or
             None. Each attempt's time limit shrinks to what is left of it, and no retry is
             scheduled whose wait would end past it.
@@ -62,32 +67,61 @@ class RetryPolicy:
         backoff = self.backoff
         if isinstance(backoff, bool) or not isinstance(backoff, int | float):
             raise TypeError(f"RetryPolicy.backoff must be a number, got {backoff!r}")
-        if not (math.isfinite(backoff) and backoff >= 1):
-            raise ValueError(f"RetryPolicy.backoff must be a finite number >= 1, got {backoff!r}")
+        if not (math.isfinite(_checks.as_float(backoff)) and backoff >= 1):
+            raise ValueError(
+                f"RetryPolicy.backoff must be a finite number >= 1, got {_checks.shown(backoff)}"
+            )
         jitter = self.jitter
         if isinstance(jitter, bool) or not isinstance(jitter, int | float):
             raise TypeError(f"RetryPolicy.jitter must be a number from 0 to 1, got {jitter!r}")
         if not 0 <= jitter <= 1:
-            raise ValueError(f"RetryPolicy.jitter must be from 0 to 1, got {jitter!r}")
+            raise ValueError(f"RetryPolicy.jitter must be from 0 to 1, got {_checks.shown(jitter)}")
         _check_retry_on(self.retry_on)
 
     def wait(self, retry: int, rand: float | None = None) -> float:
         """The wait in seconds before retry number ``retry`` (1-based), jitter included.
 
-        ``rand`` is the random draw in [0, 1) that places the jitter; by default one is drawn.
-        0.5 gives the wait without jitter.
+        ``rand`` is the random draw in [0, 1] that places the wait within its jitter interval;
+        by default one is drawn. Below the cap, 0.5 gives the wait without jitter.
+
+        Raises:
+            TypeError: ``retry`` is not an int, or ``rand`` not a number or None.
+            ValueError: ``retry`` is below 1, or ``rand`` outside [0, 1].
+
         """
-        try:
-            base = min(self.max_delay, self.delay * self.backoff ** (retry - 1))
-        except OverflowError:  # a thousand retries and more: the cap has long been reached
-            base = self.max_delay if self.delay else 0.0
-        if not self.jitter:
+        _checks.count("RetryPolicy.wait(retry=...)", retry, minimum=1)
+        if rand is not None:
+            expected = (
+                f"RetryPolicy.wait(rand=...) must be a number from 0 to 1 or None, got {rand!r}"
+            )
+            if isinstance(rand, bool) or not isinstance(rand, int | float):
+                raise TypeError(expected)
+            if not 0 <= rand <= 1:  # NaN fails this too
+                raise ValueError(expected)
+        base = self._unjittered(retry)
+        if not (self.jitter and base):
             return base
         if rand is None:
             import random  # here, not at the top: only a retry pays for importing it
 
             rand = random.random()
-        return min(self.max_delay, base * (1 + self.jitter * (2 * rand - 1)))
+        # Jitter that would go past the cap is not clipped to it (that would put many callers
+        # on the cap together, in lockstep): the draw spreads over what is left below it.
+        low = base * (1 - self.jitter)
+        high = min(float(self.max_delay), base * (1 + self.jitter))
+        return low + (high - low) * rand
+
+    def _unjittered(self, retry: int) -> float:
+        cap = float(self.max_delay)
+        delay = float(self.delay)
+        if retry == 1 or self.backoff == 1:
+            return min(cap, delay)
+        try:
+            # In floats: an int backoff would otherwise raise an exact integer to a power as
+            # large as ``retry`` before the cap could apply.
+            return min(cap, delay * float(self.backoff) ** (retry - 1))
+        except OverflowError:  # a thousand retries and more: the cap has long been reached
+            return cap if delay else 0.0
 
     def suggested_wait(self, error: Exception) -> float | None:
         """Whether ``error`` is retried: None if not, else the wait the predicate asked for.
@@ -101,7 +135,13 @@ class RetryPolicy:
         """
         retry_on = self.retry_on
         if isinstance(retry_on, type | tuple):
-            return -1.0 if isinstance(error, retry_on) else None
+            if not isinstance(error, retry_on):
+                return None
+            if isinstance(error, RecursionError) and not _names_recursion(retry_on):
+                # Retried, a recursion that went too deep would go as deep again at every
+                # level of nested retried calls: the attempts multiply at each level.
+                return None
+            return -1.0
         verdict = retry_on(error)
         if isinstance(verdict, bool):
             return -1.0 if verdict else None
@@ -111,6 +151,11 @@ class RetryPolicy:
             f"retry_on predicate {retry_on!r} must return a bool or a number of seconds >= 0, "
             f"got {verdict!r}"
         )
+
+
+def _names_recursion(retry_on: type[Exception] | tuple[type[Exception], ...]) -> bool:
+    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    return any(issubclass(kind, RecursionError) for kind in kinds)
 
 
 def _check_retry_on(retry_on: object) -> None:

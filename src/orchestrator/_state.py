@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, MutableMapping
-from types import SimpleNamespace
+from types import MemberDescriptorType, SimpleNamespace
 from typing import Any
 
 
@@ -48,6 +48,39 @@ def assign(context: object, key: str, value: object) -> None:
         context[key] = value
     else:
         setattr(context, key, value)
+
+
+def check_key(factory: Callable[[], Any], key: str) -> None:
+    """Refuse a ``set_state()`` default that the contexts ``factory`` makes could not hold.
+
+    Only what the class says for certain is checked: a class whose instances have no
+    ``__dict__`` (one with ``__slots__``) holds only the attributes it declares. A mapping, a
+    class with its own ``__setattr__`` and a factory function are taken on trust.
+
+    Raises:
+        ValueError: ``factory`` is such a class and ``key`` is not one of its attributes.
+
+    """
+    if not isinstance(factory, type) or issubclass(factory, MutableMapping):
+        return
+    if factory.__dictoffset__ or factory.__setattr__ is not object.__setattr__:
+        return
+    for klass in factory.__mro__:
+        if key in vars(klass):
+            found = vars(klass)[key]
+            if hasattr(type(found), "__set__") and getattr(found, "fset", True) is not None:
+                return
+            break  # a plain class attribute, or a property without a setter: read-only
+    slots = sorted(
+        name
+        for klass in factory.__mro__
+        for name, value in vars(klass).items()
+        if isinstance(value, MemberDescriptorType)
+    )
+    raise ValueError(
+        f"key {key!r} cannot be set on the context {factory!r}: its instances have no "
+        f"__dict__ and no attribute {key!r}; its attributes are {', '.join(slots) or 'none'}"
+    )
 
 
 def new_context(factory: Callable[[], Any], defaults: dict[str, Any]) -> Any:

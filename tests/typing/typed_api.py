@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import assert_type
 
@@ -79,6 +80,41 @@ async def main() -> None:
 
 def script() -> None:
     assert_type(typed.run_sync(body), int)
+
+
+async def gathered() -> None:
+    # Calls of different actions keep their result types through asyncio.gather.
+    pair = await asyncio.gather(fetch_user_data("user123"), counted("a b"))
+    assert_type(pair, tuple[dict[str, str], int])
+    trio = await asyncio.gather(counted("a"), update_profile("u", {}), typed.run(body))
+    assert_type(trio, tuple[int, bool, int])
+
+
+class Inventory:
+    def __init__(self, stock: int) -> None:
+        self.stock = stock
+
+    @typed.action
+    async def check(self, sku: str) -> bool:
+        return self.stock > 0 and bool(sku)
+
+    @typed.action(retry=1)
+    def restock(self, sku: str, amount: int = 1) -> int:
+        self.stock += amount
+        return self.stock
+
+
+async def methods() -> None:
+    inventory = Inventory(3)
+    bound: Action[[str], bool] = inventory.check  # self is bound: only sku is left
+    unbound: Action[[Inventory, str], bool] = Inventory.check
+    assert_type(await bound("A"), bool)
+    assert_type(await unbound(inventory, "A"), bool)
+    assert_type(await inventory.check("A"), bool)
+    assert_type(await inventory.restock("A", amount=2), int)
+    assert_type(await Inventory.check(inventory, "A"), bool)
+    await inventory.check(42)  # type: ignore[arg-type]
+    await inventory.restock("A", colour="red")  # type: ignore[call-arg]
 
 
 async def wrong_arguments() -> None:
