@@ -11,7 +11,7 @@ from ._events import (
     TaskErrorEvent,
     TaskRetryEvent,
 )
-from ._interceptors import CallInfo, Interceptor
+from ._interceptors import CallInfo, Interceptor, Proceed
 from ._orchestrator import ActionDecorator, Hook, Orchestrator
 from ._parallel import Parallel
 from ._retry import RetryOn, RetryPolicy, set_testing
@@ -29,6 +29,7 @@ __all__ = [
     "OutsideRunError",
     "Parallel",
     "ParallelError",
+    "Proceed",
     "ProcessBeginEvent",
     "ProcessCompletionEvent",
     "ProcessErrorEvent",

@@ -268,7 +268,7 @@ class Action(Generic[P, R]):
             return self._observed(scope, key, args, kwargs)
         return self._unobserved(args, kwargs)
 
-    def keyed(self, part: str) -> Callable[P, Coroutine[Any, Any, R]]:
+    def keyed(self, part: str) -> Callable[P, Coroutine[object, None, R]]:
         """This action, with ``part`` in its next call's key instead of the call's position.
 
         ``await fetch.keyed(user_id)(user_id)`` gives the call the key ``"<scope>.<part>"``

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import assert_type
+from typing import Any, assert_type
 
 from orchestrator import (
     Action,
+    CallInfo,
+    Interceptor,
     Orchestrator,
+    Proceed,
     ProcessBeginEvent,
     RetryPolicy,
     State,
     TaskBeginEvent,
     TaskCompletionEvent,
 )
+from orchestrator.executors import ThreadExecutor
 
 
 @dataclass
@@ -121,3 +125,19 @@ async def wrong_arguments() -> None:
     await fetch_user_data(42)  # type: ignore[arg-type]
     await update_profile("user123")  # type: ignore[call-arg]
     await counted("text", upper=True)  # type: ignore[call-arg]
+
+
+async def keyed_and_intercepted() -> None:
+    # An explicit key part keeps the action's signature and result type.
+    assert_type(await fetch_user_data.keyed("alice")("alice"), dict[str, str])
+    await fetch_user_data.keyed("bob")(42)  # type: ignore[arg-type]
+
+
+class Timing(Interceptor):
+    async def intercept_call(self, call: CallInfo[Any], proceed: Proceed) -> Any:
+        assert_type(call.call_key, str)
+        return await proceed()
+
+
+executed = Orchestrator(executor=ThreadExecutor(max_threads=8)).add_interceptor(Timing())
+assert_type(executed, Orchestrator[State])
