@@ -467,9 +467,7 @@ class Orchestrator(Generic[C]):
         require_run(self._frames, "map()")
         values = list(items)
         scopes = member_scopes(self._frames, self._hooks)
-        return gather(
-            len(values), lambda i: action(values[i]), fail_fast, limit, "map items", scopes
-        )
+        return gather(action, values, fail_fast, limit, "map items", scopes)
 
 
 def _placeholder() -> None:
