@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextvars import ContextVar
@@ -113,6 +114,21 @@ def _call_with(pair: tuple[Callable[[Any], Any], Any]) -> Any:
     return pair[0](pair[1])
 
 
+class _State(enum.Enum):
+    """Where a group is in its life.
+
+    ``RUNNING`` becomes ``FAILING`` when a failure stops the group (any failure under
+    fail-fast; always one that is not an ``Exception``), and either becomes ``CANCELLING``
+    when the caller is cancelled; nothing goes back. Leaving ``RUNNING`` cancels every task,
+    once; the group raises the caller's cancellation when ``CANCELLING``, the first failure
+    when ``FAILING``, and when still ``RUNNING`` at the end, its results or a ``ParallelError``.
+    """
+
+    RUNNING = "running"
+    FAILING = "failing"
+    CANCELLING = "cancelling"
+
+
 class _Group:
     """The shared bookkeeping of one gather() call."""
 
@@ -127,7 +143,7 @@ class _Group:
         "own",
         "pending",
         "results",
-        "stopping",
+        "state",
         "stray",
         "tasks",
         "waiter",
@@ -142,28 +158,31 @@ class _Group:
         # Cancellations of calls that carry notes (a nested group's), by call: the notes move up.
         self.carried: dict[int, BaseException] = {}
         self.own: dict[asyncio.Task[Any], BaseException] = {}  # a task's own cancellation
-        self.first: BaseException | None = None  # what a stopped group raises
-        self.caught: BaseException | None = None  # the caller's own (first) cancellation
+        self.state = _State.RUNNING
+        self.first: BaseException | None = None  # what FAILING raises
+        self.caught: BaseException | None = None  # what CANCELLING raises: the caller's own
         self.stray = False  # a call ended cancelled although nobody here cancelled it
         self.pending = 0  # tasks not yet done
-        self.stopping = False
         self.tasks: list[asyncio.Task[Any] | None] = []
         self.waiter: asyncio.Future[None] | None = None
 
     def react(self, failure: BaseException) -> None:
-        """Apply the stop rule to a failed call, which nobody in the group cancelled.
-
-        Under fail-fast any failure stops the group and becomes what it raises; so does, always,
-        an exception that is not an ``Exception``. A call's own cancellation is remembered.
-        """
-        cancelled = isinstance(failure, asyncio.CancelledError)
-        self.stray = self.stray or cancelled
-        if self.stopping or not (
-            self.fail_fast or not (cancelled or isinstance(failure, Exception))
-        ):
-            return
-        self.first = failure
-        self.stop()
+        """Apply the stop rule to a failed call, which nobody in the group cancelled."""
+        if isinstance(failure, asyncio.CancelledError):
+            # The call's own cancellation (it awaited something another task cancelled): as
+            # with asyncio.gather, there is no result to return for it.
+            self.stray = True
+            stops = self.fail_fast
+        elif isinstance(failure, Exception):
+            stops = self.fail_fast
+        else:
+            # KeyboardInterrupt, SystemExit, GeneratorExit, a user's BaseException: these stop
+            # any group, as they stop an asyncio.TaskGroup.
+            stops = True
+        if stops and self.state is _State.RUNNING:
+            self.first = failure
+            self.state = _State.FAILING
+            self.stop()
 
     def failed(self, index: int, failure: BaseException) -> None:
         """Keep the failure of call ``index`` for the outcome, then apply the stop rule."""
@@ -177,10 +196,9 @@ class _Group:
     def stop(self) -> None:
         """Cancel every task of the group at once, so that no call starts another step.
 
-        The calls not started yet never start. The task running this, if it is one of the
-        group's, is spared: it is on its way out.
+        Called once, when the group leaves ``RUNNING``. The calls not started yet never start.
+        The task running this, if it is one of the group's, is spared: it is on its way out.
         """
-        self.stopping = True
         self.items.clear()
         me = asyncio.current_task()
         for task in self.tasks:
@@ -191,7 +209,8 @@ class _Group:
         """Done-callback of every task of the group."""
         self.pending -= 1
         if task.cancelled():
-            if not self.stopping:
+            # Cancelled while the group runs: nobody here cancelled it, so it is a failure.
+            if self.state is _State.RUNNING:
                 failure = _cancellation(task)
                 if self.direct:
                     self.own[task] = failure  # a cancellation can be read from its task once
@@ -374,9 +393,11 @@ async def _join(group: _Group) -> None:
         try:
             await group.waiter
         except asyncio.CancelledError as exc:
-            if group.caught is None:
+            if group.state is not _State.CANCELLING:
                 group.caught = exc
-                if not group.stopping:
+                stopped = group.state is not _State.RUNNING
+                group.state = _State.CANCELLING
+                if not stopped:
                     group.stop()
 
 
@@ -384,7 +405,12 @@ def _finish(group: _Group, size: int, label: str) -> BaseException | None:
     # What the group raises, or None when it returns its results.
     if group.direct:
         _collect(group)
-    error = group.caught if group.caught is not None else group.first
+    if group.state is _State.CANCELLING:
+        error = group.caught
+    elif group.state is _State.FAILING:
+        error = group.first
+    else:
+        error = None
     if error is None and group.stray:
         # As asyncio.gather does: there is no result to return for the cancelled call.
         error = asyncio.CancelledError()
