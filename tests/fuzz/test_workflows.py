@@ -148,22 +148,33 @@ _NAMED = re.compile(r"\b(?:Retryable|Fatal|HookError|CleanupError|Abort)\([^()]*
 _MORE = re.compile(r"\.\.\. and (\d+) more")
 
 
-def _reported(
-    error: BaseException | None, raised: dict[str, BaseException]
-) -> tuple[set[int], int]:
-    # The failures (ids of what the harness raised) that ``error`` reports: those in what a
-    # traceback of it shows, and those named in a note on any of that; and how many more
+def _shown(error: BaseException, raised: dict[str, BaseException]) -> tuple[set[int], int]:
+    # What a traceback of ``error`` shows: the failures (ids of what the harness raised) in
+    # its chain and groups, and those named in a note on any of these; and how many more
     # failures its notes count without naming them (past the cap on notes).
     found: set[int] = set()
     unnamed = 0
-    if error is None:
-        return found, unnamed
     for linked in _chain(error):
         found.add(id(linked))
         for note in getattr(linked, "__notes__", ()):
             found.update(id(raised[name]) for name in _NAMED.findall(note) if name in raised)
             unnamed += sum(int(count) for count in _MORE.findall(note))
     return found & {id(e) for e in raised.values()}, unnamed
+
+
+def _named(error: BaseException, raised: dict[str, BaseException]) -> set[int]:
+    # The failures that a member's exception stands for, which its group must pass on even
+    # when it can only name that exception in a note: the exception itself, if the harness
+    # raised it; those named in its own notes; and those of the members of an exception
+    # group. Not its context or cause, which no note can carry (when a hook's exception
+    # replaced a call's own, the call's events hold the latter).
+    found = {id(error)}
+    for note in getattr(error, "__notes__", ()):
+        found.update(id(raised[name]) for name in _NAMED.findall(note) if name in raised)
+    if isinstance(error, BaseExceptionGroup):
+        for member in error.exceptions:
+            found |= _named(member, raised)
+    return found & {id(e) for e in raised.values()}
 
 
 def _member_error(
@@ -197,11 +208,11 @@ def _check_groups_report_their_members(seen: Observation) -> None:
             error = _member_error(member, completions, seen)
             if error is not None:
                 failed.append((position, error))
-                required |= _reported(error, raised)[0]
+                required |= _named(error, raised)
         if record.raised is None:
             assert failed == [], f"a group returned although members failed: {failed}"
             continue
-        found, unnamed = _reported(record.raised, raised)
+        found, unnamed = _shown(record.raised, raised)
         missing = required - found
         if missing and len(missing) <= unnamed:
             STATS["groups with failures counted, not named"] += 1
