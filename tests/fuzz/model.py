@@ -111,7 +111,6 @@ class Scenario:
 
     runs: tuple[RunSpec, ...]
     sites: dict[int, Call] = field(hash=False, compare=False)
-    plains: dict[int, Plain] = field(hash=False, compare=False, default_factory=dict)
 
 
 class _Sites:
@@ -222,15 +221,13 @@ def _steps(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool) -> tuple[S
     return tuple(steps)
 
 
-def _collect(steps: tuple[Member, ...], into: dict[int, Call], plains: dict[int, Plain]) -> None:
+def _collect(steps: tuple[Member, ...], into: dict[int, Call]) -> None:
     for step in steps:
         if isinstance(step, Group):
-            _collect(step.members, into, plains)
-        elif isinstance(step, Plain):
-            plains[step.site] = step
-        else:
+            _collect(step.members, into)
+        elif isinstance(step, Call):
             into[step.site] = step
-            _collect(step.inner, into, plains)
+            _collect(step.inner, into)
 
 
 @st.composite
@@ -247,7 +244,6 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         steps = draw(_steps(sites, 0, cancel_at is not None))
         runs.append(RunSpec(steps, cancel_at, recancel))
     table: dict[int, Call] = {}
-    plains: dict[int, Plain] = {}
     for run in runs:
-        _collect(run.steps, table, plains)
-    return Scenario(tuple(runs), table, plains)
+        _collect(run.steps, table)
+    return Scenario(tuple(runs), table)
