@@ -97,7 +97,7 @@ class RunSpec:
     """One run: its workflow, and when (virtual time) it is cancelled from outside, if ever.
 
     ``recancel``: if not None, the run is cancelled a second time that many turns of the event
-    loop after the first, at the same virtual instant, while members are still unwinding.
+    loop after the first, at the same virtual instant, when members may still be unwinding.
     """
 
     steps: tuple[Step, ...]
