@@ -370,7 +370,7 @@ class Orchestrator(Generic[C]):
         limit = check_options(fail_fast, concurrency)
         require_run(self._frames, "map()")
         values = list(items)
-        return gather(len(values), lambda i: action(values[i]), fail_fast, limit, "map items")
+        return gather(action, values, fail_fast, limit, "map items")
 
 
 def _placeholder() -> None:
