@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clock import VirtualClock, VirtualLoop
-from model import Group, Scenario, Step
+from model import Call, Group, Member, Plain, Scenario, Step
 
 from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, State
 from orchestrator.executors import ThreadExecutor
@@ -36,11 +36,22 @@ class HookError(Exception):
     """Raised by a hook that the scenario made raise."""
 
 
+class CleanupError(Exception):
+    """Raised by a plain member's cleanup when it is cancelled."""
+
+
+class Abort(BaseException):
+    """The user's own BaseException subclass, raised by cleanup instead of the cancellation."""
+
+
 class Deadlock(AssertionError):
     """The scenario did not finish within the real-time watchdog."""
 
 
 _serials = itertools.count(1)
+# Every exception the harness raises ends its arguments with a serial number, so that its repr,
+# as a note quotes it, names that one exception.
+_failures = itertools.count(1)
 # (call serial, attempt number) of the attempt under way in this task: set by the harness's
 # begin and retry hooks, carried into worker threads with the context.
 _attempt: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("attempt")
@@ -61,6 +72,30 @@ class Token:
 
 
 @dataclass
+class PlainRecord:
+    """One execution of a plain member."""
+
+    spec: Plain
+    raised: BaseException | None = None
+    cleanup: str = ""  # "" (never cancelled), "begun" or "done"
+
+
+@dataclass
+class GroupRecord:
+    """One execution of a group: what each member that began is, and what the group raised.
+
+    A member is a `Token` (a call: what it raised is read from its events), a `GroupRecord` or
+    a `PlainRecord`.
+    """
+
+    spec: Group
+    depth: int  # 1 for a group that is no member of another
+    members: dict[int, Any] = field(default_factory=dict)
+    raised: BaseException | None = None
+    ended: bool = False
+
+
+@dataclass
 class Observation:
     """What a scenario did."""
 
@@ -75,6 +110,10 @@ class Observation:
     pending_tasks: list[str] = field(default_factory=list)
     busy_after: int = 0
     faults: Counter[str] = field(default_factory=Counter)
+    groups: list[GroupRecord] = field(default_factory=list)
+    plains: list[PlainRecord] = field(default_factory=list)
+    # What a raising completion hook made a call raise, by the call's token serial.
+    completion_raised: dict[int, BaseException] = field(default_factory=dict)
 
 
 def execute(scenario: Scenario) -> Observation:
@@ -171,9 +210,11 @@ def _raiser(point: str, sites: set[int], seen: Observation) -> Any:
     def hook(event: Any) -> None:
         token = seen.tokens[(event.run_id, event.task_id)]
         if token.site in sites:
-            error = HookError(token.site, point)
+            error = HookError(token.site, point, next(_failures))
             seen.raised.append((error, False))
             seen.faults["raising hook"] += 1
+            if point == "completion":
+                seen.completion_raised[token.serial] = error
             raise error
 
     return hook
@@ -209,7 +250,8 @@ def _actions(
 def _fail(
     kind: str, site: int, attempt: int, key: tuple[int, int], clock: VirtualClock, seen: Observation
 ) -> None:
-    error = (Retryable if kind in ("retryable", "stubborn") else Fatal)(site, attempt)
+    kinds = {"retryable": Retryable, "stubborn": Retryable, "fatal": Fatal, "abort": Abort}
+    error = kinds[kind](site, attempt, next(_failures))
     seen.faults[kind] += 1
     # Only an attempt abandoned before it raised may have its error dropped.
     with clock.lock:
@@ -253,16 +295,16 @@ def _async_function(
         if orchestrator.get_state().run != token.run_id:
             seen.context_violations.append(f"s{spec.site} in {token.run_id}")
         for step in spec.inner:
-            await run_step(orchestrator, actions, step, token.run_id)
+            await run_step(orchestrator, actions, step, token.run_id, seen)
         outcome = spec.outcomes[attempt - 1]
         if outcome.kind == "hang":
             seen.faults["hang (async)"] += 1
             await asyncio.Event().wait()
-        elif outcome.kind == "stubborn":
+        elif outcome.kind in ("stubborn", "abort"):
             try:
                 await asyncio.Event().wait()
             except asyncio.CancelledError:
-                _fail("stubborn", spec.site, attempt, key, clock, seen)
+                _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         await asyncio.sleep(outcome.duration)
         if outcome.kind == "ok":
             return spec.site * 1000 + attempt
@@ -273,25 +315,134 @@ def _async_function(
 
 
 async def run_step(
-    orchestrator: Orchestrator[State], actions: dict[str, Any], step: Step, run_id: str
+    orchestrator: Orchestrator[State],
+    actions: dict[str, Any],
+    step: Step,
+    run_id: str,
+    seen: Observation,
 ) -> Any:
     """Execute one step of a workflow inside a run."""
     if isinstance(step, Group):
-        tokens = [Token(member.site, run_id) for member in step.members]
-        if step.kind == "map":
-            return await orchestrator.map(
-                actions[step.members[0].action],
-                tokens,
-                concurrency=step.concurrency,
-                fail_fast=step.fail_fast,
-            )
-        group = orchestrator.parallel(
-            [actions[member.action] for member in step.members],
-            fail_fast=step.fail_fast,
-            concurrency=step.concurrency,
-        )
-        return await group(*tokens)
+        return await _run_group(orchestrator, actions, step, run_id, seen)
     return await actions[step.action](Token(step.site, run_id))
+
+
+class _Nested:
+    """The argument of a group member that is no call: runs it, and says so to the group."""
+
+    __slots__ = ("index", "member", "parent", "run")
+
+    def __init__(self, member: Member, index: int, parent: GroupRecord, run: Any) -> None:
+        self.member = member
+        self.index = index
+        self.parent = parent
+        self.run = run  # (orchestrator, actions, run_id, seen)
+
+    def __repr__(self) -> str:
+        return f"<member {self.index} of m{self.parent.spec.site}>"
+
+
+async def _nested(item: _Nested) -> Any:
+    # A plain coroutine function, no action: the member of a parallel group that is a group or
+    # a plain member.
+    orchestrator, actions, run_id, seen = item.run
+    if isinstance(item.member, Group):
+        return await _run_group(
+            orchestrator, actions, item.member, run_id, seen, item.parent, item.index
+        )
+    assert isinstance(item.member, Plain)
+    return await _plain(item.member, item.parent, item.index, seen)
+
+
+async def _plain(spec: Plain, parent: GroupRecord, index: int, seen: Observation) -> int:
+    record = PlainRecord(spec)
+    parent.members[index] = record
+    seen.plains.append(record)
+    try:
+        try:
+            if spec.kind == "hang":
+                seen.faults["hang (plain)"] += 1
+                await asyncio.Event().wait()
+            await asyncio.sleep(spec.duration)
+        except asyncio.CancelledError:
+            record.cleanup = "begun"
+            seen.faults["plain members cancelled"] += 1
+            for _ in range(spec.cleanup_steps):
+                await asyncio.sleep(0)  # cleanup that awaits: closing a connection, say
+            record.cleanup = "done"
+            if spec.cleanup == "cancel":
+                raise
+            error: BaseException = (CleanupError if spec.cleanup == "error" else Abort)(
+                spec.site, 0, next(_failures)
+            )
+            seen.faults[f"plain cleanup raised {type(error).__name__}"] += 1
+            seen.raised.append((error, False))
+            # As a `finally: 1/0` would: the cancellation stays its context.
+            raise error  # noqa: B904
+        if spec.kind == "fatal":
+            error = Fatal(spec.site, 1, next(_failures))
+            seen.raised.append((error, False))
+            raise error
+        return spec.site * 1000
+    except BaseException as exc:
+        record.raised = exc
+        raise
+
+
+async def _run_group(
+    orchestrator: Orchestrator[State],
+    actions: dict[str, Any],
+    step: Group,
+    run_id: str,
+    seen: Observation,
+    parent: GroupRecord | None = None,
+    index: int = 0,
+) -> Any:
+    record = GroupRecord(step, 1 if parent is None else parent.depth + 1)
+    seen.groups.append(record)
+    if parent is not None:
+        parent.members[index] = record
+    context = (orchestrator, actions, run_id, seen)
+    arguments: list[Any] = []
+    for position, member in enumerate(step.members):
+        if isinstance(member, Call):
+            token = Token(member.site, run_id)
+            record.members[position] = token
+            arguments.append(token)
+        else:
+            arguments.append(_Nested(member, position, record, context))
+    try:
+        if step.kind == "map":
+            calls = [m for m in step.members if isinstance(m, Call)]
+            if len(calls) == len(step.members):
+                function = actions[calls[0].action]
+            else:
+                function = _map_item(actions[calls[0].action] if calls else None)
+            result = await orchestrator.map(
+                function, arguments, concurrency=step.concurrency, fail_fast=step.fail_fast
+            )
+        else:
+            members = [actions[m.action] if isinstance(m, Call) else _nested for m in step.members]
+            group = orchestrator.parallel(
+                members, fail_fast=step.fail_fast, concurrency=step.concurrency
+            )
+            result = await group(*arguments)
+    except BaseException as exc:
+        record.raised = exc
+        raise
+    finally:
+        record.ended = True
+    return result
+
+
+def _map_item(action: Any) -> Any:
+    # The function a map calls for each item when some items are no calls of its action.
+    async def item(argument: Token | _Nested) -> Any:
+        if isinstance(argument, Token):
+            return await action(argument)
+        return await _nested(argument)
+
+    return item
 
 
 async def _main(
@@ -302,14 +453,15 @@ async def _main(
     seen: Observation,
 ) -> None:
     async def body(run_id: str, steps: tuple[Step, ...]) -> list[Any]:
-        return [await run_step(orchestrator, actions, step, run_id) for step in steps]
+        return [await run_step(orchestrator, actions, step, run_id, seen) for step in steps]
 
     tasks = []
     for index, spec in enumerate(scenario.runs):
         run_id = f"r{index}"
         task = asyncio.ensure_future(orchestrator.run(body, run_id, spec.steps, run_id=run_id))
         if spec.cancel_at is not None:
-            loop.call_at(spec.cancel_at, task.cancel)
+            cancel = _canceller(loop, task, cancel_message(run_id), spec.recancel, seen)
+            loop.call_at(spec.cancel_at, cancel)
             seen.faults["cancel"] += 1
         tasks.append(task)
     stuck = threading.Event()
@@ -328,6 +480,34 @@ async def _main(
             seen.outcomes.append(("err", error))
 
 
+def cancel_message(run_id: str) -> str:
+    """The message a run is cancelled with from outside."""
+    return f"{run_id} cancelled from outside"
+
+
+def _canceller(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any],
+    message: str,
+    again: int | None,
+    seen: Observation,
+) -> Any:
+    # Cancels ``task``, and if ``again`` is not None once more that many loop turns later.
+    def later(turns: int) -> None:
+        if turns:
+            loop.call_soon(later, turns - 1)
+        elif not task.done():
+            seen.faults["cancelled twice"] += 1
+            task.cancel(message)
+
+    def cancel() -> None:
+        task.cancel(message)
+        if again is not None:
+            later(again)
+
+    return cancel
+
+
 def _cancel_all(loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         loop.call_soon_threadsafe(task.cancel)
@@ -337,14 +517,13 @@ def describe(error: BaseException) -> Any:
     """The oracle's description of an exception that a run raised."""
     if isinstance(error, asyncio.CancelledError):
         return ("cancel",)
-    if isinstance(error, Retryable):
-        return ("retryable", *error.args)
-    if isinstance(error, Fatal):
-        return ("fatal", *error.args)
+    kinds = {Retryable: "retryable", Fatal: "fatal", Abort: "abort", CleanupError: "cleanup"}
+    if type(error) in kinds:
+        return (kinds[type(error)], *error.args[:-1])  # without the serial number
     if isinstance(error, ActionTimeout):
         return ("timeout", error.action)
     if isinstance(error, HookError):
-        return ("hook", *error.args)
+        return ("hook", *error.args[:-1])
     if isinstance(error, ParallelError):
         return (
             "group",

@@ -1,9 +1,11 @@
 """Randomized workflows: what a scenario is made of, and the Hypothesis strategy that draws one.
 
 A scenario is a few concurrent runs of one orchestrator. Each run executes a workflow: a
-sequence of steps, each a call of an action or a group (`parallel` or `map`) of calls. An async
-action may run a nested workflow inside each attempt (actions calling actions). Every attempt of
-every call has a drawn outcome. All durations are in virtual seconds (see `clock.py`); each is
+sequence of steps, each a call of an action or a group (`parallel` or `map`). A group's members
+are calls, groups (nested up to three deep) or plain coroutine functions that are no actions (no
+events, no retries) and whose cleanup, when cancelled, may await and then raise. An async action
+may run a nested workflow inside each attempt (actions calling actions). Every attempt of every
+call has a drawn outcome. All durations are in virtual seconds (see `clock.py`); each is
 spread by a factor unique to its place in the scenario, so that no two things in a scenario
 happen at the same instant by accident and the oracle can order them.
 """
@@ -16,8 +18,13 @@ from typing import Literal
 
 from hypothesis import strategies as st
 
-# "stubborn": hang, and when cancelled raise a retryable error instead (cleanup that fails).
-OutcomeKind = Literal["ok", "retryable", "fatal", "hang", "stubborn"]
+# "stubborn": hang, and when cancelled raise a retryable error instead (cleanup that fails);
+# "abort": the same, but raise the user's own BaseException subclass.
+OutcomeKind = Literal["ok", "retryable", "fatal", "hang", "stubborn", "abort"]
+PlainKind = Literal["ok", "fatal", "hang"]
+# What a plain member does when cancelled: let the cancellation through, or raise an error or
+# the user's BaseException subclass instead.
+CleanupKind = Literal["cancel", "error", "abort"]
 HookPoint = Literal["begin", "retry", "error", "completion"]
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -52,25 +59,50 @@ class Call:
 
 
 @dataclass(frozen=True)
+class Plain:
+    """A group member that is a plain coroutine function: works for ``duration`` or hangs.
+
+    When cancelled, its cleanup awaits ``cleanup_steps`` loop steps (closing a connection, say)
+    and then lets the cancellation through or raises instead, as ``cleanup`` says.
+    """
+
+    site: int
+    kind: PlainKind
+    duration: float
+    cleanup: CleanupKind
+    cleanup_steps: int
+
+
+@dataclass(frozen=True)
 class Group:
-    """A `parallel()` group or a `map()` over calls that share one action's options."""
+    """A `parallel()` group, or a `map()` whose calls share one action's options.
+
+    Members that are no calls (groups, plain members) take part in a map through a plain
+    coroutine function that runs each item: a call of the map's action or such a member.
+    """
 
     kind: Literal["parallel", "map"]
     site: int  # names the map action; unused for parallel
     fail_fast: bool
     concurrency: int | None
-    members: tuple[Call, ...]
+    members: tuple[Member, ...]
 
 
 Step = Call | Group
+Member = Call | Group | Plain
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: its workflow, and when (virtual time) it is cancelled from outside, if ever."""
+    """One run: its workflow, and when (virtual time) it is cancelled from outside, if ever.
+
+    ``recancel``: if not None, the run is cancelled a second time that many turns of the event
+    loop after the first, at the same virtual instant, when members may still be unwinding.
+    """
 
     steps: tuple[Step, ...]
     cancel_at: float | None
+    recancel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +156,7 @@ def _call(
     if limited:
         kinds.append("hang")
         if not sync:
-            kinds.append("stubborn")
+            kinds += ["stubborn", "abort"]
     outcomes = tuple(
         Outcome(
             draw(st.sampled_from(kinds)),
@@ -142,19 +174,39 @@ def _call(
 
 
 @st.composite
-def _group(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool) -> Group:
+def _plain(draw: st.DrawFn, sites: _Sites, bounded: bool) -> Plain:
+    site = sites.take()
+    kinds: list[PlainKind] = ["ok", "ok", "fatal"] + (["hang"] if bounded else [])
+    kind = draw(st.sampled_from(kinds))
+    duration = spread(draw(st.sampled_from([0.001, 0.006, 0.02, 0.1])), 31 * site + 5)
+    cleanup = draw(st.sampled_from(["cancel", "error", "error", "abort"]))
+    return Plain(site, kind, duration, cleanup, draw(st.integers(0, 2)))  # type: ignore[arg-type]
+
+
+@st.composite
+def _group(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool, nest: int = 1) -> Group:
     kind = draw(st.sampled_from(["parallel", "map"]))
     site = sites.take()
     fail_fast = draw(st.booleans())
     size = draw(st.integers(1, 4))
     concurrency = draw(st.sampled_from([None, None, 1, 2]))
-    if kind == "parallel":
-        members = tuple(draw(_call(sites, depth + 1, bounded)) for _ in range(size))
-    else:
-        template = draw(_call(sites, depth + 1, bounded, map_site=site))
-        others = [draw(_call(sites, depth + 1, bounded, template, site)) for _ in range(size - 1)]
-        members = (template, *others)
-    return Group(kind, site, fail_fast, concurrency, members)
+    # Each member is a call, a group (``nest`` counts the groups around it) or a plain member.
+    shapes = ["call"] * 3 + ["plain"] + (["group"] if nest < 3 else [])
+    members: list[Member] = []
+    template: Call | None = None
+    for _ in range(size):
+        shape = draw(st.sampled_from(shapes))
+        if shape == "group":
+            members.append(draw(_group(sites, depth, bounded, nest + 1)))
+        elif shape == "plain":
+            members.append(draw(_plain(sites, bounded)))
+        elif kind == "parallel":
+            members.append(draw(_call(sites, depth + 1, bounded)))
+        else:  # a map item: the first call makes the action, later ones share its options
+            item = draw(_call(sites, depth + 1, bounded, template, map_site=site))
+            template = template or item
+            members.append(item)
+    return Group(kind, site, fail_fast, concurrency, tuple(members))
 
 
 @st.composite
@@ -169,12 +221,13 @@ def _steps(draw: st.DrawFn, sites: _Sites, depth: int, bounded: bool) -> tuple[S
     return tuple(steps)
 
 
-def _collect(steps: tuple[Step, ...], into: dict[int, Call]) -> None:
+def _collect(steps: tuple[Member, ...], into: dict[int, Call]) -> None:
     for step in steps:
-        calls = step.members if isinstance(step, Group) else (step,)
-        for call in calls:
-            into[call.site] = call
-            _collect(call.inner, into)
+        if isinstance(step, Group):
+            _collect(step.members, into)
+        elif isinstance(step, Call):
+            into[step.site] = step
+            _collect(step.inner, into)
 
 
 @st.composite
@@ -185,7 +238,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     for index in range(draw(st.integers(1, 3))):
         cancel = draw(st.sampled_from([None, None, None, 0.003, 0.03, 0.15]))
         cancel_at = None if cancel is None else spread(cancel, 1000 + index, 0.5)
-        runs.append(RunSpec(draw(_steps(sites, 0, cancel_at is not None)), cancel_at))
+        recancel = None
+        if cancel_at is not None:
+            recancel = draw(st.sampled_from([None, None, 1, 2, 3, 4]))
+        steps = draw(_steps(sites, 0, cancel_at is not None))
+        runs.append(RunSpec(steps, cancel_at, recancel))
     table: dict[int, Call] = {}
     for run in runs:
         _collect(run.steps, table)

@@ -5,11 +5,15 @@ documented rules: attempts and their time limits, retry waits and deadlines, fai
 and concurrency limits, outside cancellation, and hooks that raise. It predicts each run's
 result or the exception it raises, and how many attempts every call that begins makes.
 
-An attempt that is "stubborn" hangs, and raises a retryable error when cancelled.
+An attempt that is "stubborn" hangs, and raises a retryable error when cancelled; one that is
+"abort" raises the user's BaseException subclass instead, which is never retried and stops a
+group even without fail-fast. A plain member's cleanup runs only when its group stops it, so
+what it raises is named on what the group raises and never changes an outcome.
 
 Results are ``("ok", value)`` or ``("err", error)``, where an error is described as
-``("retryable" | "fatal", site, attempt)``, ``("timeout", action name)``,
-``("hook", site, point)``, ``("group", ((index, error), ...))`` or ``("cancel",)``.
+``("retryable" | "fatal" | "abort", site, attempt)``, ``("cleanup", site, 0)``,
+``("timeout", action name)``, ``("hook", site, point)``, ``("group", ((index, error), ...))``
+or ``("cancel",)``.
 
 When two things would happen at the same instant, their order is up to the event loop and the
 oracle cannot tell it: it raises `Ambiguous`, and the example is checked for the invariants only.
@@ -21,11 +25,13 @@ import heapq
 import math
 from typing import Any
 
-from model import Call, Group, RunSpec, Step
+from model import Call, Group, Member, Plain, RunSpec, Step
 
 INF = math.inf
 Result = tuple[str, Any]
-Log = list[tuple[int, int]]  # (site, attempts) of every call that began
+# (site, attempts) of every call that began; (site, 1) of a plain member that ended by itself,
+# (site, 0) of one that was cancelled.
+Log = list[tuple[int, int]]
 
 
 class Ambiguous(Exception):
@@ -134,17 +140,52 @@ def _attempt(c: Call, attempt: int, t: float, cut: float, log: Log) -> tuple[flo
         if result[0] == "err":
             return t, result
     outcome = c.outcomes[attempt - 1]
-    hangs = outcome.kind in ("hang", "stubborn")
+    hangs = outcome.kind in ("hang", "stubborn", "abort")
     end = INF if hangs else t + outcome.duration
     _apart(end, cut)
     if end > cut or (hangs and math.isinf(cut)):
-        if outcome.kind == "stubborn" and math.isfinite(cut):
-            # Cancelled, it raises a retryable error instead of the cancellation.
-            return cut, ("err", ("retryable", c.site, attempt))
+        if outcome.kind in ("stubborn", "abort") and math.isfinite(cut):
+            # Cancelled, it raises a retryable error, or the user's BaseException subclass,
+            # instead of the cancellation.
+            kind = "retryable" if outcome.kind == "stubborn" else "abort"
+            return cut, ("err", (kind, c.site, attempt))
         return cut, ("cut",)
     if outcome.kind == "ok":
         return end, ("ok", c.site * 1000 + attempt)
     return end, ("err", (outcome.kind, c.site, attempt))
+
+
+def plain(p: Plain, t0: float, cut: float, log: Log) -> tuple[float, Result]:
+    """A plain member that starts at ``t0`` in a task cancelled at ``cut``."""
+    _apart(t0, cut)
+    end = INF if p.kind == "hang" else t0 + p.duration
+    _apart(end, cut)
+    if end > cut or math.isinf(end):
+        log.append((p.site, 0))
+        if math.isinf(cut):
+            return INF, CANCEL
+        if p.cleanup == "cancel":
+            return cut, CANCEL
+        return cut, ("err", ("cleanup" if p.cleanup == "error" else "abort", p.site, 0))
+    log.append((p.site, 1))
+    if p.kind == "ok":
+        return end, ("ok", p.site * 1000)
+    return end, ("err", ("fatal", p.site, 1))
+
+
+def member(m: Member, t0: float, cut: float, log: Log) -> tuple[float, Result]:
+    """One member of a group: a call, a nested group or a plain member."""
+    if isinstance(m, Group):
+        return group(m, t0, cut, log)
+    if isinstance(m, Plain):
+        return plain(m, t0, cut, log)
+    return call(m, t0, cut, log)
+
+
+def _stops(g: Group, result: Result) -> bool:
+    # Under fail-fast any failure stops a group; a BaseException that is no cancellation
+    # (the user's "abort") always does.
+    return result[0] == "err" and (g.fail_fast or result[1][0] == "abort")
 
 
 def _schedule(
@@ -157,14 +198,14 @@ def _schedule(
     free = [t0] * workers
     heapq.heapify(free)
     placed: list[tuple[float, float, Result] | None] = []
-    for index, member in enumerate(g.members):
+    for index, m in enumerate(g.members):
         start = heapq.heappop(free)
         limit = cut if index == first else min(cut, stop)
         if start >= limit:
             placed.append(None)
             heapq.heappush(free, INF)
             continue
-        end, result = call(member, start, limit, log)
+        end, result = member(m, start, limit, log)
         placed.append((start, end, result))
         # A worker whose call was cut, or that saw the group's first failure, takes no more.
         heapq.heappush(free, INF if end >= limit or index == first else end)
@@ -178,9 +219,9 @@ def group(g: Group, t0: float, cut: float, log: Log) -> tuple[float, Result]:
     failures = sorted(
         (item[1], index)
         for index, item in enumerate(natural)
-        if item is not None and item[2][0] == "err"
+        if item is not None and _stops(g, item[2])
     )
-    if g.fail_fast and failures:
+    if failures:
         tf, first = failures[0]
         if len(failures) > 1:
             _apart(tf, failures[1][0])

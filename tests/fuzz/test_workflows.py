@@ -14,11 +14,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import oracle
-from harness import Observation, describe, execute
+from harness import (
+    GroupRecord,
+    Observation,
+    PlainRecord,
+    Token,
+    cancel_message,
+    describe,
+    execute,
+)
 from hypothesis import HealthCheck, given, settings
 from model import Scenario, scenarios
 
@@ -58,6 +68,11 @@ def check_invariants(scenario: Scenario, seen: Observation) -> None:
         if failed:
             assert kinds[-2] == "process_error"
             assert mine[-1][1].error is mine[-2][1].error
+            error = seen.outcomes[index][1]
+            if isinstance(error, asyncio.CancelledError):
+                # The caller's own cancellation, message kept, whatever groups it went through.
+                assert scenario.runs[index].cancel_at is not None, f"{run_id}: {error!r}"
+                assert error.args == (cancel_message(run_id),), f"{run_id}: {error!r}"
     tasks: dict[tuple[str, int], list[int]] = {}
     for position, (point, event, _) in enumerate(seen.records):
         if point.startswith("task_"):
@@ -104,7 +119,11 @@ def check_invariants(scenario: Scenario, seen: Observation) -> None:
     assert seen.context_violations == []
     assert seen.pending_tasks == []
     assert seen.busy_after == 0
+    for plain in seen.plains:
+        # A group cancels a member once: a second cancellation would cut its cleanup short.
+        assert plain.cleanup in ("", "done"), f"the cleanup of p{plain.spec.site} was cut short"
     _check_nothing_lost(seen)
+    _check_groups_report_their_members(seen)
 
 
 def _check_nothing_lost(seen: Observation) -> None:
@@ -124,6 +143,80 @@ def _check_nothing_lost(seen: Observation) -> None:
         assert may_drop or id(error) in surfaced or named, f"{error!r} was lost"
 
 
+# How a note names a failure: the repr of an exception the harness raised (unique by its serial).
+_NAMED = re.compile(r"\b(?:Retryable|Fatal|HookError|CleanupError|Abort)\([^()]*\)")
+
+
+def _shown(error: BaseException, raised: dict[str, BaseException]) -> set[int]:
+    # What a traceback of ``error`` shows: the failures (ids of what the harness raised) in
+    # its chain and groups, and those named in a note on any of these. (A group names up to
+    # ten members in notes; the model's groups have at most four.)
+    found: set[int] = set()
+    for linked in _chain(error):
+        found.add(id(linked))
+        for note in getattr(linked, "__notes__", ()):
+            found.update(id(raised[name]) for name in _NAMED.findall(note) if name in raised)
+    return found & {id(e) for e in raised.values()}
+
+
+def _named(error: BaseException, raised: dict[str, BaseException]) -> set[int]:
+    # The failures that a member's exception stands for, which its group must pass on even
+    # when it can only name that exception in a note: the exception itself, if the harness
+    # raised it; those named in its own notes; and those of the members of an exception
+    # group. Not its context or cause, which no note can carry (when a hook's exception
+    # replaced a call's own, the call's events hold the latter).
+    found = {id(error)}
+    for note in getattr(error, "__notes__", ()):
+        found.update(id(raised[name]) for name in _NAMED.findall(note) if name in raised)
+    if isinstance(error, BaseExceptionGroup):
+        for member in error.exceptions:
+            found |= _named(member, raised)
+    return found & {id(e) for e in raised.values()}
+
+
+def _member_error(
+    member: Any, completions: dict[int, Any], seen: Observation
+) -> BaseException | None:
+    # What a member that began raised: for a call, what its last completion hook raised if
+    # one did, else its completion event's error.
+    if isinstance(member, GroupRecord | PlainRecord):
+        return member.raised
+    assert isinstance(member, Token)
+    if member.serial in seen.completion_raised:
+        return seen.completion_raised[member.serial]
+    completion = completions.get(member.serial)
+    return None if completion is None else completion.error
+
+
+def _check_groups_report_their_members(seen: Observation) -> None:
+    # At every depth, what a group raises accounts for every failure that any of its members
+    # reports: "no failure goes unreported" holds level by level up to the run's caller.
+    raised = {repr(error): error for error, _ in seen.raised}
+    completions = {
+        seen.tokens[(event.run_id, event.task_id)].serial: event
+        for point, event, _ in seen.records
+        if point == "task_completion"
+    }
+    for record in seen.groups:
+        assert record.ended
+        required: set[int] = set()
+        failed = []
+        for position, member in sorted(record.members.items()):
+            error = _member_error(member, completions, seen)
+            if error is not None:
+                failed.append((position, error))
+                required |= _named(error, raised)
+        if record.raised is None:
+            assert failed == [], f"a group returned although members failed: {failed}"
+            continue
+        missing = required - _shown(record.raised, raised)
+        lost = [repr(e) for e in raised.values() if id(e) in missing]
+        assert not lost, (
+            f"m{record.spec.site} raised {record.raised!r} (notes "
+            f"{getattr(record.raised, '__notes__', [])}) and lost {lost} of its members {failed}"
+        )
+
+
 def compare_with_oracle(scenario: Scenario, seen: Observation) -> None:
     try:
         predicted = [oracle.run(run) for run in scenario.runs]
@@ -136,6 +229,8 @@ def compare_with_oracle(scenario: Scenario, seen: Observation) -> None:
         if point == "task_completion":
             site = seen.tokens[(event.run_id, event.task_id)].site
             observed_attempts.setdefault(site, []).append(event.attempts)
+    for plain in seen.plains:
+        observed_attempts.setdefault(plain.spec.site, []).append(0 if plain.cleanup else 1)
     expected_attempts: dict[int, list[int]] = {}
     for index, (result, log) in enumerate(predicted):
         kind, value = seen.outcomes[index]
@@ -165,6 +260,8 @@ def test_random_workflows_keep_every_promise(scenario: Scenario) -> None:
     STATS["calls begun"] += sum(1 for point, _, _ in seen.records if point == "task_begin")
     for kind, count in seen.faults.items():
         STATS[f"fault: {kind}"] += count
+    for record in seen.groups:
+        STATS[f"groups run at depth {record.depth}"] += 1
     check_invariants(scenario, seen)
     compare_with_oracle(scenario, seen)
 
