@@ -302,3 +302,29 @@ def test_a_keyed_call_outside_a_run_is_refused_at_the_call() -> None:
     step = orch.action(lambda: None, name="step")
     with pytest.raises(OutsideRunError):
         step.keyed("x")()
+
+
+def test_each_attempt_numbers_its_nested_calls_afresh() -> None:
+    orch = Orchestrator()
+    recorder = recorded(orch)
+    attempts: list[int] = []
+
+    @orch.action
+    async def leaf(label: str) -> str:
+        return label
+
+    @orch.action(retry=RetryPolicy(retries=2))
+    async def outer() -> None:
+        attempts.append(len(attempts) + 1)
+        await leaf("first")
+        await leaf.keyed("named")("named")
+        if len(attempts) < 3:
+            raise OSError("again")
+
+    async def body() -> None:
+        await outer()
+
+    with set_testing(True):
+        orch.run_sync(body)
+    keys = [(e.args[0], e.call_key) for e in recorder.events("task_begin") if e.name == "leaf"]
+    assert keys == [("first", "1.1"), ("named", "1.named")] * 3

@@ -28,7 +28,7 @@ from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRe
 from ._hooks import Hooks, fire, fire_all
 from ._interceptors import CallInfo, wrap
 from ._retry import RetryPolicy, as_policy, testing_mode
-from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run
+from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run, restart
 from ._timeout import limited
 from .executors import Executor, InlineExecutor
 
@@ -315,7 +315,7 @@ class Action(Generic[P, R]):
         parent_id = scope[TASK_ID]
         hooks = self._hooks
         task_id = next(run.task_ids)
-        token = self._frames.set([run, task_id, key, 0])  # new_scope(), written out
+        token = self._frames.set([run, task_id, key, 0, None])  # new_scope(), written out
         clock = _clock()
         started = clock + run.epoch
         call = CallInfo(self, run, key, task_id, parent_id, args, kwargs) if self._tracked else None
@@ -442,6 +442,8 @@ class Action(Generic[P, R]):
                 if call is None:
                     return await self._timed(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
                 call.attempts = attempt
+                if attempt > 1:
+                    restart(self._frames.get())  # the scope _observed set for this call
                 if self._hooks.intercept_attempt:
                     return await wrap(  # type: ignore[no-any-return]
                         self._hooks.intercept_attempt,

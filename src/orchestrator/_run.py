@@ -28,7 +28,6 @@ class Run(Generic[C]):
         "body",
         "context",
         "epoch",
-        "explicit_keys",
         "kwargs",
         "run_id",
         "task_ids",
@@ -54,8 +53,6 @@ class Run(Generic[C]):
         """The body's keyword arguments."""
         self.task_ids = itertools.count(1)
         """Where each observed action call of the run takes its task id from."""
-        self.explicit_keys: set[str] | None = None
-        """The call keys made from explicit key parts so far, to refuse a second use."""
         self.epoch = time.time() - time.perf_counter()
         """Added to ``time.perf_counter()`` to give a POSIX timestamp.
 
@@ -92,34 +89,45 @@ KEY = 2
 call whose key is ``"3.2"``."""
 MADE = 3
 """Index of how many calls were made here by position so far."""
+PARTS = 4
+"""Index of the explicit key parts used here so far (a set), or None before the first."""
 
 
 def new_scope(run: Run[Any], task_id: int | None, key: str) -> Scope:
     """A scope in which no call was made yet."""
-    return [run, task_id, key, 0]
+    return [run, task_id, key, 0, None]
+
+
+def restart(scope: Scope) -> None:
+    """Number the calls of ``scope`` from 1 again: a new attempt makes its calls afresh.
+
+    Each attempt runs the function from its start, so its calls take the same keys as the
+    calls of the attempt before it: a retry does not change keys.
+    """
+    scope[MADE] = 0
+    scope[PARTS] = None
 
 
 def next_key(scope: Scope, part: str | None = None) -> str:
     """The call key of the next call made in ``scope``: its position, or an explicit part.
 
     Raises:
-        ValueError: The explicit ``part`` was already used in this scope of the run.
+        ValueError: The explicit ``part`` was already used in this scope.
     """
     if part is None:
         scope[MADE] += 1
-        part = str(scope[MADE])
+        return f"{scope[KEY]}.{scope[MADE]}" if scope[KEY] else str(scope[MADE])
     key = f"{scope[KEY]}.{part}" if scope[KEY] else part
-    if part.isdigit():
-        return key
-    run: Run[Any] = scope[RUN]
-    if run.explicit_keys is None:
-        run.explicit_keys = set()
-    elif key in run.explicit_keys:
+    used: set[str] | None = scope[PARTS]
+    if used is None:
+        scope[PARTS] = {part}
+    elif part in used:
         raise ValueError(
-            f"the call key {key!r} of run {run.run_id!r} was already used; give each call "
-            "made from one place its own key part"
+            f"the call key {key!r} of run {scope[RUN].run_id!r} was already used; give each "
+            "call made from one place its own key part"
         )
-    run.explicit_keys.add(key)
+    else:
+        used.add(part)
     return key
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import oracle
@@ -264,6 +266,47 @@ def test_random_workflows_keep_every_promise(scenario: Scenario) -> None:
         STATS[f"groups run at depth {record.depth}"] += 1
     check_invariants(scenario, seen)
     compare_with_oracle(scenario, seen)
+    check_call_keys(scenario, seen)
+
+
+def check_call_keys(scenario: Scenario, seen: Observation) -> None:
+    """The same workflow under other timings gives every call it makes the same key.
+
+    Every call site is made at most once per run and attempt of its caller, so a site has one
+    key in a run (the attempts of a retried caller number their calls afresh). The workflow
+    runs again with every duration stretched or shrunk at random: timeouts, fail-fast and
+    cancellations may then make other calls, but a call made both times has the same key.
+    """
+    first = _keys_by_site(seen)
+    rng = random.Random(repr(scenario))
+    stretched = Scenario(
+        scenario.runs,
+        {
+            site: replace(
+                call,
+                outcomes=tuple(
+                    replace(o, duration=o.duration * rng.uniform(0.2, 3.0)) for o in call.outcomes
+                ),
+            )
+            for site, call in scenario.sites.items()
+        },
+    )
+    second = _keys_by_site(execute(stretched))
+    common = first.keys() & second.keys()
+    STATS["calls compared under other timings"] += len(common)
+    for made in common:
+        assert first[made] == second[made], f"{made}: keys {first[made]} and then {second[made]}"
+
+
+def _keys_by_site(seen: Observation) -> dict[tuple[str, int], str]:
+    keys: dict[tuple[str, int], set[str]] = {}
+    for point, event, _ in seen.records:
+        if point == "task_begin":
+            site = seen.tokens[(event.run_id, event.task_id)].site
+            keys.setdefault((event.run_id, site), set()).add(event.call_key)
+    for made, found in keys.items():
+        assert len(found) == 1, f"{made} was made under several keys: {sorted(found)}"
+    return {made: found.pop() for made, found in keys.items()}
 
 
 def teardown_module() -> None:
