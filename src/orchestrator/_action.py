@@ -11,12 +11,13 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
-from . import _checks, _threads
+from . import _checks
 from ._errors import ActionTimeout
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import Frame, Run, outside_run
+from ._threads import WorkerPool
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -79,6 +80,7 @@ class Action(Generic[P, R]):
         *,
         frames: ContextVar[Frame],
         hooks: Hooks,
+        pool: WorkerPool,
         name: str | None = None,
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
@@ -108,6 +110,7 @@ class Action(Generic[P, R]):
         self._fn: Callable[..., Any] = fn
         self._frames = frames
         self._hooks = hooks
+        self._pool = pool
         self._inline = inline
         self._start: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]] = (
             self._start_async
@@ -355,7 +358,7 @@ class Action(Generic[P, R]):
         return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def _start_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = await _threads.pool().run(self._fn, args, kwargs)
+        result = await self._pool.run(self._fn, args, kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result
