@@ -1,5 +1,5 @@
 """Worker threads of sync actions: the max_threads limit, abandoned threads, idle threads, and
-what a call leaves behind in memory."""
+what a call leaves behind in memory (its job, reference cycles)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import gc
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from orchestrator import ActionTimeout, Orchestrator, ParallelError, _threads
+from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, _threads
 from test_threads import Tracker, gated_job, until
 
 
@@ -266,3 +266,161 @@ def test_an_idle_worker_thread_exits_after_its_idle_timeout(
         await until(lambda: not workers[0].is_alive())
 
     asyncio.run(main())
+
+
+def test_a_queued_call_abandoned_before_it_starts_is_let_go_at_once(gc_off: None) -> None:
+    orch = Orchestrator(max_threads=1)
+    tracker = Tracker()
+    gate = threading.Event()
+    blocker = orch.action(gated_job(tracker, gate), name="blocker")
+
+    @orch.action(timeout=0.05)
+    def queued(argument: Payload) -> None:
+        pass  # never runs: the only thread is taken
+
+    async def body() -> None:
+        running = asyncio.ensure_future(blocker(0))
+        await until(lambda: tracker.running == 1)
+        argument = Payload()
+        ref = weakref.ref(argument)
+        with pytest.raises(ActionTimeout):
+            await queued(argument)
+        del argument
+        # asyncio frees the cancellation's traceback, and the frames holding the argument,
+        # one loop step later; the blocker still runs meanwhile.
+        await until(lambda: ref() is None)
+        assert tracker.running == 1
+        gate.set()
+        assert await running == 0
+
+    try:
+        orch.run_sync(body)
+    finally:
+        gate.set()
+
+
+def cyclic_garbage(make: Callable[[], Awaitable[None]]) -> list[str]:
+    """The types of what ``make()`` leaves in reference cycles, called three times."""
+
+    async def main() -> list[str]:
+        await make()  # first calls fill caches
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                await make()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+        finally:
+            gc.set_debug(0)
+            gc.enable()
+        found = sorted(type(thing).__name__ for thing in gc.garbage)
+        gc.garbage.clear()
+        return found
+
+    return asyncio.run(main())
+
+
+async def bare_timeout() -> None:
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.001):
+            await asyncio.sleep(1)
+
+
+def timed_out_call(orch: Orchestrator[Any], *, raised: bool = False) -> Callable[[], Any]:
+    """A run of ``orch`` whose action times out; the run raises it or the body catches it."""
+
+    @orch.action(timeout=0.001)
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    async def body() -> None:
+        with pytest.raises(ActionTimeout):
+            await slow()
+
+    async def make() -> None:
+        if raised:
+            with pytest.raises(ActionTimeout):
+                await orch.run(slow)
+        else:
+            await orch.run(body)
+
+    return make
+
+
+def hooked() -> Orchestrator[Any]:
+    orch = Orchestrator()
+    for register in (
+        orch.on_process_begin,
+        orch.on_process_error,
+        orch.on_process_completion,
+        orch.on_task_begin,
+        orch.on_task_retry,
+        orch.on_task_error,
+        orch.on_task_completion,
+    ):
+        register(lambda event: None)
+    return orch
+
+
+def test_a_bare_asyncio_timeout_leaves_no_reference_cycles() -> None:
+    # The yardstick of the tests below: asyncio's own timeout.
+    assert cyclic_garbage(bare_timeout) == []
+
+
+def test_a_fired_timeout_leaves_no_reference_cycles() -> None:
+    assert cyclic_garbage(timed_out_call(Orchestrator())) == cyclic_garbage(bare_timeout)
+
+
+def test_a_fired_timeout_with_every_hook_leaves_no_reference_cycles() -> None:
+    assert cyclic_garbage(timed_out_call(hooked())) == cyclic_garbage(bare_timeout)
+
+
+def test_a_fired_timeout_that_fails_the_run_leaves_no_reference_cycles() -> None:
+    assert cyclic_garbage(timed_out_call(hooked(), raised=True)) == []
+
+
+def test_a_retried_fired_timeout_leaves_no_reference_cycles() -> None:
+    orch = hooked()
+
+    @orch.action(timeout=0.001, retry=RetryPolicy(retries=2, delay=0.001))
+    async def slow() -> None:
+        await asyncio.sleep(1)
+
+    async def make() -> None:
+        with pytest.raises(ActionTimeout):
+            await orch.run(slow)
+
+    assert cyclic_garbage(make) == []
+
+
+def test_a_fired_timeout_of_a_sync_action_leaves_no_reference_cycles() -> None:
+    orch = hooked()
+    release = threading.Event()
+
+    @orch.action(timeout=0.001)
+    def slow() -> None:
+        release.wait(0.5)
+
+    async def make() -> None:
+        with pytest.raises(ActionTimeout):
+            await orch.run(slow)
+
+    try:
+        assert cyclic_garbage(make) == []
+    finally:
+        release.set()
+
+
+def test_a_failing_sync_action_leaves_no_reference_cycles() -> None:
+    orch = Orchestrator(max_threads=1)  # one thread for every call, whatever it keeps
+
+    @orch.action
+    def fails() -> None:
+        raise LookupError("from the thread")
+
+    async def make() -> None:
+        with pytest.raises(LookupError):
+            await orch.run(fails)
+
+    assert cyclic_garbage(make) == []

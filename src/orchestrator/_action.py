@@ -270,6 +270,9 @@ class Action(Generic[P, R]):
                         raise
             finally:
                 self._frames.reset(token)
+                # A raised exception's traceback keeps this frame alive: locals naming that
+                # exception would make a reference cycle that only the garbage collector frees.
+                error = failed = done = None
 
     def _once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         if self._timeout is None:
@@ -294,9 +297,15 @@ class Action(Generic[P, R]):
                 left = deadline - clock()
                 if last is not None and left <= 0:
                     # Slow retry hooks or a late wake-up used up the budget: no more attempts.
-                    raise last
+                    try:
+                        raise last
+                    finally:
+                        del last  # no reference cycle through this frame, as below
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
+            # Only the check above needs the last failure. Its traceback holds this frame, so
+            # keeping it longer would make a reference cycle that only the collector frees.
+            last = None
             attempt += 1
             if tally is not None:
                 tally.attempts = attempt
@@ -331,12 +340,19 @@ class Action(Generic[P, R]):
                     raise
                 if tally is not None and self._hooks.task_retry:
                     run = tally.run
-                    event = TaskRetryEvent(
-                        run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
+                    # Not kept in a local, which would hold exc in a cycle through its traceback.
+                    await fire(
+                        self._hooks.task_retry,
+                        TaskRetryEvent(
+                            run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
+                        ),
                     )
-                    await fire(self._hooks.task_retry, event)
                 last = exc
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except BaseException:
+                del last  # no reference cycle through this frame, as above
+                raise
 
     async def _limited(
         self, limit: float, by_deadline: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -351,7 +367,12 @@ class Action(Generic[P, R]):
                 # the chain is hidden below, so the notes move up to what the caller sees.
                 for note in getattr(exc.__cause__, "__notes__", ()):
                     timeout.add_note(note)
-                raise timeout from None
+                try:
+                    raise timeout from None
+                finally:
+                    # The traceback keeps this frame alive: a local naming the exception
+                    # would make a reference cycle that only the garbage collector frees.
+                    del timeout
             raise
 
     def _start_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
