@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, _threads
+from orchestrator._threads import WorkerPool
 from test_threads import Tracker, gated_job, until
 
 
@@ -424,3 +425,54 @@ def test_a_failing_sync_action_leaves_no_reference_cycles() -> None:
             await orch.run(fails)
 
     assert cyclic_garbage(make) == []
+
+
+def refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, starting a thread fails as it does when the system has no more."""
+
+    def start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_a_failed_thread_start_fails_that_call_and_leaves_the_pool_usable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def main() -> None:
+        pool = WorkerPool(1)
+        with monkeypatch.context() as patch:
+            refuse_threads(patch)
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                await pool.run(lambda: "never", (), {})
+        assert await asyncio.wait_for(pool.run(lambda: "ran", (), {}), 1) == "ran"
+
+    asyncio.run(main())
+
+
+def test_a_queued_call_whose_thread_cannot_start_gets_that_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tracker = Tracker()
+    gate = threading.Event()
+    job = gated_job(tracker, gate)
+
+    async def main() -> None:
+        pool = WorkerPool(1)
+        running = asyncio.ensure_future(pool.run(job, (0,), {}))
+        await until(lambda: tracker.running == 1)
+        queued = asyncio.ensure_future(pool.run(job, (1,), {}))
+        await asyncio.sleep(0)
+        refuse_threads(monkeypatch)
+        # Abandoning the running call makes room for a thread for the queued one.
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await asyncio.wait_for(queued, 1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        gate.set()
+    assert tracker.started == [0]

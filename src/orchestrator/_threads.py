@@ -216,7 +216,12 @@ class WorkerPool:
                 self._waiting += 1
                 return
             self._live += 1
-        self._spawn(job)
+        try:
+            self._spawn(job)
+        except BaseException:
+            # Jobs queued meanwhile counted on this thread: they must not wait for nothing.
+            self._start_queued()
+            raise
 
     def _spawn(self, job: _Job) -> None:
         # Without the lock: starting a thread waits for it to run.
@@ -230,6 +235,27 @@ class WorkerPool:
             with self._lock:
                 self._live -= 1
             raise
+
+    def _start_queued(self) -> None:
+        # Without the lock: start threads for queued jobs while the limits have room.
+        while True:
+            with self._lock:
+                starting: list[tuple[_Job, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+                while self._room():
+                    job = self._next_queued()
+                    if job is None:
+                        break
+                    self._live += 1
+                    starting.append((job, job.loop, job.future))
+            if not starting:
+                return
+            for job, loop, future in starting:
+                try:
+                    self._spawn(job)
+                except Exception as exc:
+                    # Its caller waits for it, not the one here: the failure is theirs to see.
+                    with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
+                        loop.call_soon_threadsafe(_set_exception, future, exc)
 
     def _next_queued(self) -> _Job | None:
         # With the lock held: the oldest queued job that a caller still waits for.
@@ -253,19 +279,8 @@ class WorkerPool:
                 return
             self._live -= 1
             self._adrift += 1
-            starting: list[_Job] = []
-            while self._room():
-                queued = self._next_queued()
-                if queued is None:
-                    break
-                self._live += 1
-                starting.append(queued)
-        for queued in starting:
-            try:
-                self._spawn(queued)
-            except Exception as exc:
-                # Its caller is waiting for it, not this one: the failure is theirs to see.
-                queued.loop.call_soon_threadsafe(_set_exception, queued.future, exc)
+        # The limit has room for one more thread now, if a job waits for it.
+        self._start_queued()
 
     def _work(self, inbox: _Inbox) -> None:
         job: _Job | None = inbox.get()
