@@ -57,8 +57,8 @@ class Orchestrator(Generic[C]):
 
     Args:
         context: The class or factory of each run's context; None for :class:`State`.
-        max_threads: How many sync actions of this orchestrator run at once, each in a worker
-            thread of its own; more calls wait for a thread. None means 100, sized for
+        max_threads: How many sync actions of this orchestrator run at once, in worker
+            threads of its own; further calls wait for a thread. None means 100, sized for
             blocking I/O such as HTTP requests. Threads of abandoned calls (timed out or
             cancelled while running) stop counting, but all threads together never number
             more than twice ``max_threads``.

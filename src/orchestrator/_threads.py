@@ -34,8 +34,8 @@ DEFAULT_MAX_THREADS = 100
 """How many sync actions of one orchestrator run at once unless ``max_threads`` says otherwise.
 
 Sync actions are mostly blocking I/O (an HTTP client, a database driver), whose threads wait
-rather than compute: the bound is the number of connections that HTTP client libraries open
-to a host by default, not a multiple of the processor count.
+rather than compute: the bound is the connection limit that httpx and aiohttp apply by default,
+not a multiple of the processor count.
 """
 
 THREAD_NAME = "orchestrator-worker"
