@@ -13,12 +13,13 @@ from contextvars import ContextVar
 from types import MappingProxyType
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, overload
 
-from . import _checks, _threads
+from . import _checks
 from ._errors import ActionTimeout
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import Frame, Run, outside_run
+from ._threads import WorkerPool
 
 P = ParamSpec("P")
 Q = ParamSpec("Q")
@@ -93,6 +94,7 @@ class Action(Generic[P, R]):
         *,
         frames: ContextVar[Frame],
         hooks: Hooks,
+        pool: WorkerPool,
         name: str | None = None,
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
@@ -132,6 +134,7 @@ class Action(Generic[P, R]):
         self._fn: Callable[..., Any] = fn
         self._frames = frames
         self._hooks = hooks
+        self._pool = pool
         self._inline = inline
         self._start: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]] = (
             self._start_async
@@ -332,6 +335,9 @@ class Action(Generic[P, R]):
                         raise
             finally:
                 self._frames.reset(token)
+                # A raised exception's traceback keeps this frame alive: locals naming that
+                # exception would make a reference cycle that only the garbage collector frees.
+                error = failed = done = None
 
     def _once(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         if self._timeout is None:
@@ -356,9 +362,15 @@ class Action(Generic[P, R]):
                 left = deadline - clock()
                 if last is not None and left <= 0:
                     # Slow retry hooks or a late wake-up used up the budget: no more attempts.
-                    raise last
+                    try:
+                        raise last
+                    finally:
+                        del last  # no reference cycle through this frame, as below
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
+            # Only the check above needs the last failure. Its traceback holds this frame, so
+            # keeping it longer would make a reference cycle that only the collector frees.
+            last = None
             attempt += 1
             if tally is not None:
                 tally.attempts = attempt
@@ -395,12 +407,19 @@ class Action(Generic[P, R]):
                     raise
                 if tally is not None and self._hooks.task_retry:
                     run = tally.run
-                    event = TaskRetryEvent(
-                        run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
+                    # Not kept in a local, which would hold exc in a cycle through its traceback.
+                    await fire(
+                        self._hooks.task_retry,
+                        TaskRetryEvent(
+                            run.run_id, tally.task_id, self.name, attempt, exc, wait, run.context
+                        ),
                     )
-                    await fire(self._hooks.task_retry, event)
                 last = exc
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except BaseException:
+                del last  # no reference cycle through this frame, as above
+                raise
 
     def _accepts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Whether the function's signature takes these arguments; asked after a TypeError."""
@@ -433,14 +452,19 @@ class Action(Generic[P, R]):
                 # the chain is hidden below, so the notes move up to what the caller sees.
                 for note in getattr(exc.__cause__, "__notes__", ()):
                     timeout.add_note(note)
-                raise timeout from None
+                try:
+                    raise timeout from None
+                finally:
+                    # The traceback keeps this frame alive: a local naming the exception
+                    # would make a reference cycle that only the garbage collector frees.
+                    del timeout
             raise
 
     def _start_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
         return self._fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def _start_thread(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = await _threads.pool().run(self._fn, args, kwargs)
+        result = await self._pool.run(self._fn, args, kwargs)
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -38,6 +38,7 @@ from ._parallel import Parallel, check_options, gather, require_run
 from ._retry import RetryPolicy
 from ._run import Frame, Run, execute
 from ._state import State, assign, check_key, new_context
+from ._threads import DEFAULT_MAX_THREADS, WorkerPool
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -65,21 +66,40 @@ class Orchestrator(Generic[C]):
     takes a class or zero-argument factory and gives each run a fresh instance of it instead;
     type checkers then see ``Orchestrator[ProcessContext]``.
 
+    Args:
+        context: The class or factory of each run's context; None for :class:`State`.
+        max_threads: How many sync actions of this orchestrator run at once, in worker
+            threads of its own; further calls wait for a thread. None means 100, sized for
+            blocking I/O such as HTTP requests. Threads of abandoned calls (timed out or
+            cancelled while running) stop counting, but all threads together never number
+            more than twice ``max_threads``.
+
     Raises:
-        TypeError: ``context`` is not callable, or cannot be called without arguments.
+        TypeError: ``context`` is not callable, or cannot be called without arguments;
+            ``max_threads`` is not an int.
+        ValueError: ``max_threads`` is below 1.
 
     """
 
     @overload
-    def __init__(self: Orchestrator[State], context: None = None) -> None: ...
+    def __init__(
+        self: Orchestrator[State], context: None = None, *, max_threads: int | None = None
+    ) -> None: ...
     @overload
-    def __init__(self, context: Callable[[], C]) -> None: ...
-    def __init__(self, context: Callable[[], Any] | None = None) -> None:
+    def __init__(self, context: Callable[[], C], *, max_threads: int | None = None) -> None: ...
+    def __init__(
+        self, context: Callable[[], Any] | None = None, *, max_threads: int | None = None
+    ) -> None:
         if context is None:
             context = State
         else:
             _checks.callable_("context", context)
             _require_zero_arguments(context)
+        if max_threads is None:
+            max_threads = DEFAULT_MAX_THREADS
+        else:
+            _checks.count("max_threads", max_threads, minimum=1)
+        self._pool = WorkerPool(max_threads)
         self._factory: Callable[[], Any] = context
         self._defaults: dict[str, Any] = {}
         self._hooks = Hooks()
@@ -256,9 +276,9 @@ class Orchestrator(Generic[C]):
         }
         if fn is None:
             # Validate the options now, where the decorator is written, not when it is applied.
-            Action(_placeholder, frames=self._frames, hooks=self._hooks, **options)
+            Action(_placeholder, frames=self._frames, hooks=self._hooks, pool=self._pool, **options)
             return cast(ActionDecorator, lambda f: self.action(f, **options))
-        return Action(fn, frames=self._frames, hooks=self._hooks, **options)
+        return Action(fn, frames=self._frames, hooks=self._hooks, pool=self._pool, **options)
 
     # Running -----------------------------------------------------------------------------
 
@@ -319,6 +339,8 @@ class Orchestrator(Generic[C]):
     ) -> Any:
         """Like :meth:`run`, from synchronous code: start an event loop, run, and close it.
 
+        As the loop closes, the worker threads left idle by the run's sync actions exit.
+
         Raises:
             RuntimeError: Called where an event loop is already running; use
                 ``await orchestrator.run(...)`` there.
@@ -333,7 +355,11 @@ class Orchestrator(Generic[C]):
                 "run_sync() was called inside a running event loop; "
                 "use `await orchestrator.run(...)` there instead"
             )
-        return asyncio.run(self.run(body, *args, run_id=run_id, **kwargs))
+        try:
+            return asyncio.run(self.run(body, *args, run_id=run_id, **kwargs))
+        finally:
+            # As asyncio.run shuts its own executor down: no thread lingers idle after the run.
+            self._pool.retire_idle()
 
     # Many at once ------------------------------------------------------------------------
 

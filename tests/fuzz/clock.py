@@ -14,7 +14,7 @@ import selectors
 import threading
 from typing import Any
 
-from orchestrator import _threads
+from orchestrator._threads import WorkerPool
 
 
 class Released(Exception):
@@ -40,7 +40,8 @@ class VirtualClock:
     through a context variable, so they cannot be confused between attempts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool  # the time stands still while a job of it works
         self.now = 0.0
         self.lock = threading.Lock()
         self.parked: list[_Parked] = []
@@ -94,7 +95,7 @@ class _Selector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
         # result (a write to the loop's self-pipe) before it stops counting as busy, so a
         # count of zero taken first means every delivery is already visible to the poll.
         with clock.lock:
-            working = _threads.pool().busy() - len(clock.parked)
+            working = clock.pool.busy() - len(clock.parked)
             nearest = min(clock.parked, key=lambda p: p.wake, default=None)
         ready = super().select(0)
         if ready or timeout == 0:
