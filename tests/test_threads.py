@@ -102,10 +102,10 @@ def test_cancelled_queued_jobs_never_run_and_start_no_extra_threads() -> None:
 
 
 def test_fail_fast_map_over_many_sync_items_runs_only_a_handful_of_bodies() -> None:
-    orch = Orchestrator()
+    pool_size = 6
+    orch = Orchestrator(max_threads=pool_size)
     tracker = Tracker()
     gate = threading.Event()
-    pool_size = min(32, (os.cpu_count() or 1) + 4)
 
     @orch.action
     def work(index: int) -> int:

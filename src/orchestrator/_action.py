@@ -415,6 +415,9 @@ class Action(Generic[P, R]):
                         raise
             finally:
                 self._frames.reset(token)
+                # A raised exception's traceback keeps this frame alive: locals naming that
+                # exception would make a reference cycle that only the garbage collector frees.
+                error = failed = done = None
 
     async def _attempts(
         self, call: CallInfo[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -434,9 +437,15 @@ class Action(Generic[P, R]):
                 left = deadline - clock()
                 if last is not None and left <= 0:
                     # Slow retry hooks or a late wake-up used up the budget: no more attempts.
-                    raise last
+                    try:
+                        raise last
+                    finally:
+                        del last  # no reference cycle through this frame, as below
                 if limit is None or left < limit:
                     limit, by_deadline = left, True
+            # Only the check above needs the last failure. Its traceback holds this frame, so
+            # keeping it longer would make a reference cycle that only the collector frees.
+            last = None
             attempt += 1
             try:
                 if call is None:
@@ -480,19 +489,26 @@ class Action(Generic[P, R]):
                     raise
                 if call is not None and self._hooks.task_retry:
                     run = call.run
-                    event = TaskRetryEvent(
-                        run.run_id,
-                        call.task_id,
-                        call.call_key,
-                        self.name,
-                        attempt,
-                        exc,
-                        wait,
-                        run.context,
+                    # Not kept in a local, which would hold exc in a cycle through its traceback.
+                    await fire(
+                        self._hooks.task_retry,
+                        TaskRetryEvent(
+                            run.run_id,
+                            call.task_id,
+                            call.call_key,
+                            self.name,
+                            attempt,
+                            exc,
+                            wait,
+                            run.context,
+                        ),
                     )
-                    await fire(self._hooks.task_retry, event)
                 last = exc
-            await asyncio.sleep(wait)
+            try:
+                await asyncio.sleep(wait)
+            except BaseException:
+                del last  # no reference cycle through this frame, as above
+                raise
 
     def _accepts(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         """Whether the function's signature takes these arguments; asked after a TypeError."""

@@ -40,6 +40,7 @@ from ._parallel import Parallel, check_options, gather, member_scopes, require_r
 from ._retry import RetryPolicy
 from ._run import RUN, Run, Scope, execute
 from ._state import State, assign, check_key, new_context
+from ._threads import DEFAULT_MAX_THREADS
 from .executors import Executor, ThreadExecutor, as_executor
 
 C = TypeVar("C")
@@ -68,33 +69,64 @@ class Orchestrator(Generic[C]):
     takes a class or zero-argument factory and gives each run a fresh instance of it instead;
     type checkers then see ``Orchestrator[ProcessContext]``.
 
-    ``executor`` is where the functions of sync actions run: an :class:`~orchestrator.executors.
-    Executor` or a ``concurrent.futures.Executor``; by default the orchestrator's own
-    :class:`~orchestrator.executors.ThreadExecutor`.
+    Args:
+        context: The class or factory of each run's context; None for :class:`State`.
+        executor: Where the functions of sync actions run: an
+            :class:`~orchestrator.executors.Executor` or a ``concurrent.futures.Executor``.
+            None means worker threads of this orchestrator's own
+            (:class:`~orchestrator.executors.ThreadExecutor`).
+        max_threads: How many sync actions of this orchestrator run at once in those worker
+            threads; further calls wait for a thread. None means 100, sized for blocking I/O
+            such as HTTP requests. Threads of abandoned calls (timed out or cancelled while
+            running) stop counting, but all threads together never number more than twice
+            ``max_threads``. Not together with ``executor``.
 
     Raises:
-        TypeError: ``context`` is not callable, or cannot be called without arguments; or
-            ``executor`` is not an executor.
+        TypeError: ``context`` is not callable, or cannot be called without arguments;
+            ``executor`` is not an executor; ``max_threads`` is not an int.
+        ValueError: ``max_threads`` is below 1, or given together with ``executor``.
 
     """
 
     @overload
     def __init__(
-        self: Orchestrator[State], context: None = None, *, executor: object = None
+        self: Orchestrator[State],
+        context: None = None,
+        *,
+        executor: object = None,
+        max_threads: int | None = None,
     ) -> None: ...
     @overload
-    def __init__(self, context: Callable[[], C], *, executor: object = None) -> None: ...
     def __init__(
-        self, context: Callable[[], Any] | None = None, *, executor: object = None
+        self,
+        context: Callable[[], C],
+        *,
+        executor: object = None,
+        max_threads: int | None = None,
+    ) -> None: ...
+    def __init__(
+        self,
+        context: Callable[[], Any] | None = None,
+        *,
+        executor: object = None,
+        max_threads: int | None = None,
     ) -> None:
         if context is None:
             context = State
         else:
             _checks.callable_("context", context)
             _require_zero_arguments(context)
-        self._executor: Executor = (
-            ThreadExecutor() if executor is None else as_executor("executor", executor)
-        )
+        if executor is None:
+            self._executor: Executor = ThreadExecutor(
+                DEFAULT_MAX_THREADS if max_threads is None else max_threads
+            )
+        elif max_threads is not None:
+            raise ValueError(
+                f"max_threads={max_threads!r} sizes the orchestrator's own worker threads, and "
+                f"executor={executor!r} replaces them; pass one of the two"
+            )
+        else:
+            self._executor = as_executor("executor", executor)
         self._factory: Callable[[], Any] = context
         self._defaults: dict[str, Any] = {}
         self._hooks = Hooks()
@@ -392,6 +424,8 @@ class Orchestrator(Generic[C]):
     ) -> Any:
         """Like :meth:`run`, from synchronous code: start an event loop, run, and close it.
 
+        As the loop closes, the worker threads left idle by the run's sync actions exit.
+
         Raises:
             RuntimeError: Called where an event loop is already running; use
                 ``await orchestrator.run(...)`` there.
@@ -406,7 +440,12 @@ class Orchestrator(Generic[C]):
                 "run_sync() was called inside a running event loop; "
                 "use `await orchestrator.run(...)` there instead"
             )
-        return asyncio.run(self.run(body, *args, run_id=run_id, **kwargs))
+        try:
+            return asyncio.run(self.run(body, *args, run_id=run_id, **kwargs))
+        finally:
+            # As asyncio.run shuts its own executor down: no thread lingers idle after the run.
+            if isinstance(self._executor, ThreadExecutor):
+                self._executor.retire_idle()
 
     # Many at once ------------------------------------------------------------------------
 

@@ -157,11 +157,13 @@ async def execute(frames: ContextVar[Scope], hooks: Hooks, run: Run[Any]) -> Any
         error = exc
         if hooks.process_error:
             now = time.perf_counter()
-            event = ProcessErrorEvent(
-                run.run_id, now + run.epoch, (now - clock) * 1000.0, None, exc, run.context
-            )
             try:
-                await fire(hooks.process_error, event)
+                await fire(
+                    hooks.process_error,
+                    ProcessErrorEvent(
+                        run.run_id, now + run.epoch, (now - clock) * 1000.0, None, exc, run.context
+                    ),
+                )
             except BaseException as hook_exc:
                 error = hook_exc
                 raise
@@ -171,17 +173,23 @@ async def execute(frames: ContextVar[Scope], hooks: Hooks, run: Run[Any]) -> Any
         try:
             if hooks.process_completion:
                 now = time.perf_counter()
-                done = ProcessCompletionEvent(
-                    run.run_id,
-                    now + run.epoch,
-                    (now - clock) * 1000.0,
-                    result if error is None else None,
-                    error,
-                    run.context,
+                await fire_all(
+                    hooks.process_completion,
+                    ProcessCompletionEvent(
+                        run.run_id,
+                        now + run.epoch,
+                        (now - clock) * 1000.0,
+                        result if error is None else None,
+                        error,
+                        run.context,
+                    ),
                 )
-                await fire_all(hooks.process_completion, done)
         finally:
             frames.reset(token)
+            # A raised exception's traceback keeps this frame alive: a local naming that
+            # exception (the events above are not kept in locals) would make a reference
+            # cycle that only the garbage collector frees.
+            error = None
 
 
 async def _call_body(run: Run[Any]) -> Any:

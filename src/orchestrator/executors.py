@@ -67,6 +67,14 @@ class ThreadExecutor:
         """Run ``fn(*args, **kwargs)`` in a worker thread."""
         return self._pool.run(fn, args, kwargs)
 
+    def retire_idle(self) -> None:
+        """Let the threads that wait for work exit now; busy ones go on.
+
+        ``run_sync()`` calls it on its orchestrator's executor when the run ends, as
+        ``asyncio.run`` shuts its own executor down.
+        """
+        self._pool.retire_idle()
+
 
 class InlineExecutor:
     """Runs functions on the event loop's thread, at once.

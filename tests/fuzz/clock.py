@@ -41,8 +41,7 @@ class VirtualClock:
     """
 
     def __init__(self, pool: WorkerPool) -> None:
-        self.pool = pool
-        """The pool whose busy workers the clock waits for."""
+        self.pool = pool  # the time stands still while a job of it works
         self.now = 0.0
         self.lock = threading.Lock()
         self.parked: list[_Parked] = []

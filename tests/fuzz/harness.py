@@ -16,12 +16,10 @@ from clock import VirtualClock, VirtualLoop
 from model import Call, Group, Member, Plain, Scenario, Step
 
 from orchestrator import ActionTimeout, Orchestrator, ParallelError, RetryPolicy, State
-from orchestrator.executors import ThreadExecutor
+from orchestrator._threads import WorkerPool
 
 WATCHDOG_SECONDS = 20.0
-# The virtual clock stands still while a job waits in the pool's queue, so every parked
-# thread needs a worker: a pool far larger than any scenario's threads.
-EXECUTOR = ThreadExecutor(256)
+MAX_THREADS = 256
 
 
 class Retryable(Exception):
@@ -117,11 +115,16 @@ class Observation:
 
 
 def execute(scenario: Scenario) -> Observation:
-    """Run every run of ``scenario`` concurrently on one orchestrator, and observe."""
-    clock = VirtualClock(EXECUTOR._pool)
+    """Run every run of ``scenario`` concurrently on one orchestrator, and observe.
+
+    The orchestrator runs many sync actions at once: the virtual clock stands still while a
+    job waits for a worker thread, so every parked thread needs one.
+    """
+    orchestrator = Orchestrator(max_threads=MAX_THREADS)
+    pool = orchestrator._executor._pool  # type: ignore[attr-defined]
+    clock = VirtualClock(pool)
     loop = VirtualLoop(clock)
     seen = Observation()
-    orchestrator = Orchestrator(executor=EXECUTOR)
     try:
         _instrument(orchestrator, scenario, clock, loop, seen)
         actions = _actions(orchestrator, scenario, clock, seen)
@@ -129,20 +132,20 @@ def execute(scenario: Scenario) -> Observation:
         seen.pending_tasks = [repr(task) for task in asyncio.all_tasks(loop)]
         # Threads still parked now must all work for abandoned attempts, which the pool no
         # longer counts: any job it still counts was left behind by the library.
-        seen.busy_after = _settled_busy()
+        seen.busy_after = _settled_busy(pool)
     finally:
         clock.release_all()
-        _settled_busy()
+        _settled_busy(pool)
         loop.close()
     return seen
 
 
-def _settled_busy() -> int:
+def _settled_busy(pool: WorkerPool) -> int:
     # A finished job leaves the count a moment after it delivered its result: wait a little.
     deadline = time.monotonic() + 2
-    while EXECUTOR._pool.busy() and time.monotonic() < deadline:
+    while pool.busy() and time.monotonic() < deadline:
         time.sleep(0.001)
-    return EXECUTOR._pool.busy()
+    return pool.busy()
 
 
 def _instrument(

@@ -34,6 +34,10 @@ assert_type(plain, Orchestrator[State])
 typed = Orchestrator(ProcessContext)
 assert_type(typed, Orchestrator[ProcessContext])
 
+assert_type(Orchestrator(max_threads=8), Orchestrator[State])
+assert_type(Orchestrator(ProcessContext, max_threads=8), Orchestrator[ProcessContext])
+Orchestrator(max_threads="8")  # type: ignore[call-overload]
+
 
 @typed.action
 async def fetch_user_data(user_id: str) -> dict[str, str]:
