@@ -33,6 +33,7 @@ GROUPS = (
     "State and context",
     "Runs",
     "Parallel and map",
+    "Executors, interceptors and call keys",
     "Testing helpers",
 )
 """The sections the catalogue must have, in this order."""
