@@ -26,7 +26,7 @@ from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, cast, ov
 from . import _checks
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
-from ._interceptors import CallInfo, wrap
+from ._interceptors import CallInfo
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run, restart
 from ._timeout import limited
@@ -351,11 +351,7 @@ class Action(Generic[P, R]):
                 else:
                     result = await self._timed(self._timeout, False, args, kwargs)
             elif hooks.intercept_call:
-                result = await wrap(
-                    hooks.intercept_call,
-                    call,
-                    functools.partial(self._attempts, call, args, kwargs),
-                )
+                result = await hooks.intercept_call(call, self._proceed(call, args, kwargs))
             else:
                 result = await self._attempts(call, args, kwargs)
             return result
@@ -419,6 +415,20 @@ class Action(Generic[P, R]):
                 # exception would make a reference cycle that only the garbage collector frees.
                 error = failed = done = None
 
+    def _proceed(
+        self, call: CallInfo[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Awaitable[Any]]:
+        """What call interceptors proceed to: the attempts, or the one attempt there can be."""
+        if self._policy is not None or self._hooks.intercept_attempt:
+            return functools.partial(self._attempts, call, args, kwargs)
+
+        # No retry and nothing around each attempt: no loop to go through.
+        def attempt() -> Awaitable[Any]:
+            call.attempts = 1
+            return self._timed(self._timeout, False, args, kwargs)
+
+        return attempt
+
     async def _attempts(
         self, call: CallInfo[Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> R:
@@ -454,10 +464,8 @@ class Action(Generic[P, R]):
                 if attempt > 1:
                     restart(self._frames.get())  # the scope _observed set for this call
                 if self._hooks.intercept_attempt:
-                    return await wrap(  # type: ignore[no-any-return]
-                        self._hooks.intercept_attempt,
-                        call,
-                        functools.partial(self._timed, limit, by_deadline, args, kwargs),
+                    return await self._hooks.intercept_attempt(  # type: ignore[no-any-return]
+                        call, functools.partial(self._timed, limit, by_deadline, args, kwargs)
                     )
                 return await self._timed(limit, by_deadline, args, kwargs)  # type: ignore[no-any-return]
             except Exception as exc:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _checks
-from ._interceptors import Interceptor, overriding
+from ._interceptors import Intercept, Interceptor, chain
 
 Hook = Callable[[Any], object]
 
@@ -15,8 +15,8 @@ Hook = Callable[[Any], object]
 class Hooks:
     """The hooks and interceptors of one orchestrator, each kind in registration order.
 
-    Hooks come in one tuple per lifecycle point; interceptors as one tuple of the bound methods
-    that override each point they can wrap. Tuples are replaced, never changed in place, so a
+    Hooks come in one tuple per lifecycle point; interceptors as one chained callable per point
+    they can wrap, None where none overrides it. Tuples are replaced, never changed in place, so a
     hook that registers another hook while hooks are firing does not disturb the firing in
     progress.
     """
@@ -46,9 +46,9 @@ class Hooks:
         self.task_error: tuple[Hook, ...] = ()
         self.task_completion: tuple[Hook, ...] = ()
         self.interceptors: tuple[Interceptor, ...] = ()
-        self.intercept_run: tuple[Any, ...] = ()
-        self.intercept_call: tuple[Any, ...] = ()
-        self.intercept_attempt: tuple[Any, ...] = ()
+        self.intercept_run: Intercept | None = None
+        self.intercept_call: Intercept | None = None
+        self.intercept_attempt: Intercept | None = None
         self.observes_tasks = False
         """Whether a task hook is registered: only then are task events built."""
         self.observes_calls = False
@@ -79,7 +79,7 @@ class Hooks:
             )
         self.interceptors = (*self.interceptors, interceptor)
         for point in ("intercept_run", "intercept_call", "intercept_attempt"):
-            setattr(self, point, overriding(self.interceptors, point))
+            setattr(self, point, chain(self.interceptors, point))
         self._update()
 
     def _update(self) -> None:

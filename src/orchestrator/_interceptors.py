@@ -117,28 +117,32 @@ class Interceptor:
         return proceed()
 
 
-def overriding(interceptors: tuple[Interceptor, ...], method: str) -> tuple[Any, ...]:
-    """The bound ``method`` of each interceptor that overrides it, outermost first.
+Intercept = Callable[[Any, Proceed], Awaitable[Any]]
+"""One interceptor method, or several chained: ``intercept(subject, proceed)``."""
 
-    An interceptor that keeps the default costs nothing at that point.
+
+def chain(interceptors: tuple[Interceptor, ...], method: str) -> Intercept | None:
+    """The interceptors that override ``method``, chained into one callable, the first outermost.
+
+    None when none overrides it, so that a point nobody intercepts costs nothing; the bound
+    method itself when one does, so that a single interceptor costs one call.
     """
     default = getattr(Interceptor, method)
-    return tuple(
-        getattr(i, method) for i in interceptors if getattr(type(i), method) is not default
-    )
+    bound = [getattr(i, method) for i in interceptors if getattr(type(i), method) is not default]
+    if not bound:
+        return None
+    if len(bound) == 1:
+        return bound[0]  # type: ignore[no-any-return]
+    outermost, inner = bound[0], bound[:0:-1]
+
+    def chained(subject: Any, core: Proceed) -> Awaitable[Any]:
+        proceed = core
+        for intercept in inner:
+            proceed = _link(intercept, subject, proceed)
+        return outermost(subject, proceed)  # type: ignore[no-any-return]
+
+    return chained
 
 
-def wrap(
-    chain: tuple[Callable[[Any, Proceed], Awaitable[Any]], ...], subject: Any, core: Proceed
-) -> Awaitable[Any]:
-    """Run ``core`` inside each of ``chain`` around ``subject``, the first one outermost."""
-    proceed = core
-    for intercept in reversed(chain[1:]):
-        proceed = _link(intercept, subject, proceed)
-    return chain[0](subject, proceed)
-
-
-def _link(
-    intercept: Callable[[Any, Proceed], Awaitable[Any]], subject: Any, inner: Proceed
-) -> Proceed:
+def _link(intercept: Intercept, subject: Any, inner: Proceed) -> Proceed:
     return lambda: intercept(subject, inner)

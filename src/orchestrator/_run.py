@@ -12,7 +12,6 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from ._errors import OutsideRunError
 from ._events import ProcessBeginEvent, ProcessCompletionEvent, ProcessErrorEvent
 from ._hooks import Hooks, fire, fire_all
-from ._interceptors import wrap
 
 C = TypeVar("C")
 
@@ -149,7 +148,7 @@ async def execute(frames: ContextVar[Scope], hooks: Hooks, run: Run[Any]) -> Any
                 hooks.process_begin, ProcessBeginEvent(run.run_id, clock + run.epoch, run.context)
             )
         if hooks.intercept_run:
-            result = await wrap(hooks.intercept_run, run, lambda: _call_body(run))
+            result = await hooks.intercept_run(run, lambda: _call_body(run))
         else:
             result = await _call_body(run)
         return result
