@@ -716,6 +716,23 @@ def test_equal_arguments_hash_the_same_and_others_differently(journal: SQLiteJou
     assert journal.call_args("f", "1", (1, "a"), {"k": [2]})[1] not in hashes
 
 
+def test_keyword_order_does_not_change_the_arguments_hash(journal: SQLiteJournal) -> None:
+    first = journal.call_args("f", "1", (), {"a": 1, "b": 2})
+    second = journal.call_args("f", "1", (), {"b": 2, "a": 1})
+    assert first == second
+
+
+def test_lone_surrogate_in_a_result_is_recorded_and_read_back(journal: SQLiteJournal) -> None:
+    async def scenario() -> Any:
+        await journal.open_run("r", "app:main", (), {})
+        await record(journal, "r", "1", "broken \ud800 text")
+        await journal.end_run("r", error=ValueError("x"))
+        opened = await journal.open_run("r", "app:main", (), {})
+        return journal.load(opened.calls["1"][2], "fetch", "1")
+
+    assert asyncio.run(scenario()) == "broken \ud800 text"
+
+
 def test_json_serializer_round_trips_json_values() -> None:
     value = {"s": "é", "i": 1, "f": 1.5, "b": True, "n": None, "l": [1, {"x": []}]}
     serializer = JsonSerializer()

@@ -102,7 +102,8 @@ class JsonSerializer:
     tuple would come back as a list), and so are NaN and the infinities.
     """
 
-    _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    # ASCII escapes keep a lone surrogate, which no UTF-8 text column can hold, a valid value.
+    _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
     def dumps(self, value: Any) -> str:
         """Return ``value`` as JSON text.
@@ -742,11 +743,11 @@ class SQLiteJournal:
                 return
             try:
                 _commit(self._fast, batch.statements)
-            except sqlite3.Error as exc:
-                if not _busy(exc):
+            except Exception as exc:
+                if isinstance(exc, sqlite3.Error) and _busy(exc):
+                    self._hand_over(batch)
+                else:
                     _settle(batch.futures, _failing(self, exc))
-                    return
-                self._hand_over(batch)
                 return
             self._commits += 1
             checkpoint = self._commits % _CHECKPOINT_EVERY == 0
@@ -831,6 +832,9 @@ class SQLiteJournal:
             raise self._unserializable(what, "the value", value, exc) from exc
 
     def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], whose: str) -> Any:
+        if len(kwargs) > 1:
+            # Keyword order does not change a call, so it must not change its identity.
+            kwargs = dict(sorted(kwargs.items()))
         try:
             return self._dumps([list(args), kwargs])
         except Exception as exc:
@@ -946,12 +950,14 @@ class _Writer:
 def _checked(dumps: Callable[[Any], Any]) -> Callable[[Any], str | bytes]:
     # SQLite would refuse anything else only at the commit, failing the records it shares.
     def checked(value: Any) -> str | bytes:
-        data = dumps(value)
-        if not isinstance(data, str | bytes):
-            raise TypeError(
-                f"the serializer's dumps() returned {type(data).__name__}, not str or bytes"
-            )
-        return data
+        data: object = dumps(value)
+        if isinstance(data, str):
+            data.encode()  # raises for a lone surrogate, which SQLite cannot store as text
+            return data
+        if isinstance(data, bytes):
+            return data
+        kind = type(data).__name__
+        raise TypeError(f"the serializer's dumps() returned {kind}, not str or bytes")
 
     return checked
 
