@@ -149,6 +149,18 @@ def test_path_that_is_a_directory_is_a_journal_error(tmp_path: Path) -> None:
         SQLiteJournal(tmp_path)
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any directory")
+def test_path_in_a_directory_that_is_not_writable_is_a_journal_error(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    try:
+        with raises(JournalError, str(folder), "is not writable"):
+            SQLiteJournal(folder / "runs.db")
+    finally:
+        folder.chmod(0o700)
+    assert list(folder.iterdir()) == []
+
+
 def test_read_only_file_is_a_journal_error_and_stays_unchanged(path: Path) -> None:
     SQLiteJournal(path).close()
     path.chmod(0o400)
