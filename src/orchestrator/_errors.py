@@ -74,3 +74,23 @@ class ParallelError(ExceptionGroup[Exception]):
             id(exc): index for exc, index in zip(self.exceptions, self.indices, strict=True)
         }
         return ParallelError(self.message, excs, [position.get(id(e), -1) for e in excs])
+
+
+class JournalError(Exception):
+    """A journal cannot be used, or cannot record what it was given.
+
+    Raised by ``SQLiteJournal`` when it is made, if its file cannot be a journal: a path in a
+    missing directory, a directory, a read-only file, a file that is not a journal (another
+    format, another application's SQLite database, a corrupted journal) or one written by a
+    newer version. Raised later when a run is held by another live process, when a result or
+    an argument cannot be serialized (nothing is recorded for it), or when a record cannot be
+    committed. The message names the file or the run, and says what to do.
+    """
+
+
+class JournalMismatchError(JournalError):
+    """A run was started again under a run id the journal knows for other work.
+
+    Raised by ``SQLiteJournal.open_run`` when the run id is recorded with another body or
+    other arguments. The message names both; nothing in the journal is changed.
+    """
