@@ -1,7 +1,13 @@
 """Coordinate multi-step async work: actions with hooks, retries, timeouts and a shared context."""
 
 from ._action import Action
-from ._errors import ActionTimeout, OutsideRunError, ParallelError
+from ._errors import (
+    ActionTimeout,
+    JournalError,
+    JournalMismatchError,
+    OutsideRunError,
+    ParallelError,
+)
 from ._events import (
     ProcessBeginEvent,
     ProcessCompletionEvent,
@@ -12,6 +18,7 @@ from ._events import (
     TaskRetryEvent,
 )
 from ._interceptors import CallInfo, Interceptor, Proceed
+from ._journal import PickleSerializer, SQLiteJournal
 from ._orchestrator import ActionDecorator, Hook, Orchestrator
 from ._parallel import Parallel
 from ._retry import RetryOn, RetryPolicy, set_testing
@@ -25,10 +32,13 @@ __all__ = [
     "CallInfo",
     "Hook",
     "Interceptor",
+    "JournalError",
+    "JournalMismatchError",
     "Orchestrator",
     "OutsideRunError",
     "Parallel",
     "ParallelError",
+    "PickleSerializer",
     "Proceed",
     "ProcessBeginEvent",
     "ProcessCompletionEvent",
@@ -36,6 +46,7 @@ __all__ = [
     "RetryOn",
     "RetryPolicy",
     "Run",
+    "SQLiteJournal",
     "State",
     "TaskBeginEvent",
     "TaskCompletionEvent",

@@ -101,6 +101,7 @@ class Action(Generic[P, R]):
         retry: int | RetryPolicy | None = None,
         timeout: float | None = None,
         inline: bool = False,
+        journal: bool = True,
     ) -> None:
         _checks.callable_("the action function", fn)
         binds = True
@@ -120,6 +121,8 @@ class Action(Generic[P, R]):
         self._policy = as_policy(retry)
         self._timeout = _checks.seconds("timeout", timeout, allow_zero=False, allow_none=True)
         _checks.flag("inline", inline)
+        self.journaled: bool = _checks.flag("journal", journal)
+        """Whether the orchestrator's journal records this action's calls (``journal=``)."""
         asynchronous = is_async(fn)
         if asynchronous and inline:
             raise ValueError(

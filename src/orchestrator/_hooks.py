@@ -26,6 +26,7 @@ class Hooks:
         "intercept_call",
         "intercept_run",
         "interceptors",
+        "journal",
         "observes_calls",
         "observes_tasks",
         "process_begin",
@@ -46,6 +47,8 @@ class Hooks:
         self.task_error: tuple[Hook, ...] = ()
         self.task_completion: tuple[Hook, ...] = ()
         self.interceptors: tuple[Interceptor, ...] = ()
+        self.journal: Interceptor | None = None
+        """The interceptor of the orchestrator's journal: always the innermost."""
         self.intercept_run: Intercept | None = None
         self.intercept_call: Intercept | None = None
         self.intercept_attempt: Intercept | None = None
@@ -78,8 +81,17 @@ class Hooks:
                 f"interceptor must be an instance of an Interceptor subclass, got {interceptor!r}"
             )
         self.interceptors = (*self.interceptors, interceptor)
+        self._rechain()
+
+    def set_journal(self, interceptor: Interceptor) -> None:
+        """Make ``interceptor`` the journal's: inside every other interceptor, at every point."""
+        self.journal = interceptor
+        self._rechain()
+
+    def _rechain(self) -> None:
+        every = self.interceptors if self.journal is None else (*self.interceptors, self.journal)
         for point in ("intercept_run", "intercept_call", "intercept_attempt"):
-            setattr(self, point, chain(self.interceptors, point))
+            setattr(self, point, chain(every, point))
         self._update()
 
     def _update(self) -> None:

@@ -215,6 +215,10 @@ class Journal(Protocol):
         """Return the recorded calls of a run."""
         ...
 
+    def arguments(self, run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Return the arguments a run's body was recorded with."""
+        ...
+
     def prune(self, older_than_seconds: float) -> int:
         """Delete finished runs that ended long enough ago."""
         ...
@@ -654,6 +658,21 @@ class SQLiteJournal:
         records.sort(key=lambda record: [int(part) for part in record.call_key.split(".")])
         return records
 
+    def arguments(self, run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Return the positional and keyword arguments the body of run ``run_id`` was given.
+
+        Raises:
+            KeyError: The journal has no run ``run_id``.
+            JournalError: The journal is closed or cannot be read, or the serializer cannot
+                load the arguments.
+
+        """
+        rows = self._read("SELECT args FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise KeyError(run_id)
+        args, kwargs = self._load(rows[0][0], f"the arguments of run {run_id!r}")
+        return tuple(args), dict(kwargs)
+
     def prune(self, older_than_seconds: float) -> int:
         """Delete the runs that ended more than ``older_than_seconds`` ago, with their calls.
 
@@ -1045,3 +1064,21 @@ def _differing(first: str, second: str) -> tuple[str, str]:
         return ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
 
     return cut(first), cut(second)
+
+
+def as_journal(value: object) -> Journal:
+    """Accept a journal, or a path for an :class:`SQLiteJournal`, as ``journal=``.
+
+    Raises:
+        TypeError: ``value`` is neither.
+        JournalError: The path cannot be a journal.
+
+    """
+    if isinstance(value, str | os.PathLike):
+        return SQLiteJournal(value)
+    if all(callable(getattr(value, name, None)) for name in ("open_run", "record", "end_run")):
+        return value  # type: ignore[return-value]
+    raise TypeError(
+        f"journal must be a path (a str or os.PathLike) or a journal such as SQLiteJournal, "
+        f"got {value!r}"
+    )

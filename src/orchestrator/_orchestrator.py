@@ -24,7 +24,8 @@ from typing import (
 
 from . import _checks
 from ._action import Action, is_async
-from ._errors import OutsideRunError
+from ._durable import JournalInterceptor, body_reference
+from ._errors import JournalError, OutsideRunError
 from ._events import (
     ProcessBeginEvent,
     ProcessCompletionEvent,
@@ -36,6 +37,7 @@ from ._events import (
 )
 from ._hooks import Hooks
 from ._interceptors import Interceptor
+from ._journal import Journal, as_journal
 from ._parallel import Parallel, check_options, gather, member_scopes, require_run
 from ._retry import RetryPolicy
 from ._run import RUN, Run, Scope, execute
@@ -80,11 +82,16 @@ class Orchestrator(Generic[C]):
             such as HTTP requests. Threads of abandoned calls (timed out or cancelled while
             running) stop counting, but all threads together never number more than twice
             ``max_threads``. Not together with ``executor``.
+        journal: Where runs are recorded, so that a failed or interrupted run can be resumed
+            under its ``run_id``: a path (an SQLite file, made if missing) or a journal such
+            as :class:`~orchestrator.SQLiteJournal`. None records nothing.
 
     Raises:
         TypeError: ``context`` is not callable, or cannot be called without arguments;
             ``executor`` is not an executor; ``max_threads`` is not an int.
         ValueError: ``max_threads`` is below 1, or given together with ``executor``.
+        JournalError: ``journal`` names a file that cannot be a journal (see
+            :class:`~orchestrator.SQLiteJournal`).
 
     """
 
@@ -95,6 +102,7 @@ class Orchestrator(Generic[C]):
         *,
         executor: object = None,
         max_threads: int | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -103,6 +111,7 @@ class Orchestrator(Generic[C]):
         *,
         executor: object = None,
         max_threads: int | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -110,6 +119,7 @@ class Orchestrator(Generic[C]):
         *,
         executor: object = None,
         max_threads: int | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
     ) -> None:
         if context is None:
             context = State
@@ -135,6 +145,11 @@ class Orchestrator(Generic[C]):
         self._actions: weakref.WeakSet[Action[Any, Any]] = weakref.WeakSet()
         # One variable per orchestrator, so that runs of different orchestrators nest freely.
         self._frames: ContextVar[Scope] = ContextVar(f"orchestrator-{id(self):x}")
+        self.journal: Journal | None = None
+        """The journal that records this orchestrator's runs, or None."""
+        if journal is not None:
+            self.journal = as_journal(journal)
+            self._hooks.set_journal(JournalInterceptor(self.journal))
 
     def __repr__(self) -> str:
         return f"<Orchestrator context={getattr(self._factory, '__name__', self._factory)!s}>"
@@ -272,6 +287,7 @@ class Orchestrator(Generic[C]):
         timeout: float | None = None,
         inline: bool = False,
         executor: object = None,
+        journal: bool = True,
     ) -> Action[P, R]: ...
     @overload
     def action(
@@ -284,6 +300,7 @@ class Orchestrator(Generic[C]):
         timeout: float | None = None,
         inline: bool = False,
         executor: object = None,
+        journal: bool = True,
     ) -> Action[P, R]: ...
     @overload
     def action(
@@ -296,6 +313,7 @@ class Orchestrator(Generic[C]):
         timeout: float | None = None,
         inline: bool = False,
         executor: object = None,
+        journal: bool = True,
     ) -> ActionDecorator: ...
     def action(
         self,
@@ -307,6 +325,7 @@ class Orchestrator(Generic[C]):
         timeout: float | None = None,
         inline: bool = False,
         executor: object = None,
+        journal: bool = True,
     ) -> Action[Any, Any] | ActionDecorator:
         """Make ``fn`` an action of this orchestrator; also a decorator, with or without options.
 
@@ -318,6 +337,9 @@ class Orchestrator(Generic[C]):
             inline: Run a sync function on the event loop's thread instead of a worker thread.
             executor: Where a sync function runs, instead of the orchestrator's executor: an
                 ``Executor`` or a ``concurrent.futures.Executor``.
+            journal: False to keep the action's calls out of the orchestrator's journal: they
+                are never recorded, and run again on every resume (a token fetched, a cheap
+                read).
 
         Raises:
             TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -331,6 +353,7 @@ class Orchestrator(Generic[C]):
             "timeout": timeout,
             "inline": inline,
             "executor": executor,
+            "journal": journal,
         }
         if fn is None:
             # Validate the options now, where the decorator is written, not when it is applied.
@@ -361,6 +384,7 @@ class Orchestrator(Generic[C]):
             timeout=options["timeout"],
             inline=options["inline"],
             executor=self._executor if executor is None else executor,
+            journal=options["journal"],
         )
         self._actions.add(action)
         return action
@@ -447,6 +471,48 @@ class Orchestrator(Generic[C]):
             if isinstance(self._executor, ThreadExecutor):
                 self._executor.retire_idle()
 
+    async def recover(self) -> list[str]:
+        """Resume every unfinished run of the journal, one after the other.
+
+        A run that failed, was cancelled, or whose process died is run again under its run id,
+        with its recorded body and arguments: its recorded successful calls are replayed and
+        the rest run live. Runs held by a live process, and runs whose body cannot be imported
+        from its recorded ``module:qualname``, are skipped.
+
+        Returns:
+            One line per unfinished run, saying what became of it.
+
+        Raises:
+            RuntimeError: The orchestrator has no journal.
+
+        """
+        journal = self.journal
+        if journal is None:
+            raise RuntimeError(
+                "recover() resumes the runs of a journal, and this orchestrator has none; "
+                "make it with Orchestrator(journal=...)"
+            )
+        outcomes = []
+        for record in journal.list_runs():
+            if record.status == "succeeded":
+                continue
+            run_id = record.run_id
+            try:
+                body = _import(record.body)
+            except Exception as exc:
+                outcomes.append(f"{run_id}: skipped, body {record.body} cannot be imported ({exc})")
+                continue
+            try:
+                args, kwargs = journal.arguments(run_id)
+                await self.run(body, *args, run_id=run_id, **kwargs)
+            except JournalError as exc:
+                outcomes.append(f"{run_id}: skipped, {exc}")
+            except Exception as exc:
+                outcomes.append(f"{run_id}: failed again, {type(exc).__name__}: {exc}")
+            else:
+                outcomes.append(f"{run_id}: resumed and finished")
+        return outcomes
+
     # Many at once ------------------------------------------------------------------------
 
     def parallel(
@@ -525,3 +591,18 @@ def _require_zero_arguments(factory: Callable[..., Any]) -> None:
             f"context must be a class or factory callable without arguments, got {factory!r} "
             f"with signature {signature}"
         ) from None
+
+
+def _import(reference: str) -> Callable[..., Any]:
+    """The object that ``body_reference()`` named ``"module:qualname"``."""
+    import importlib
+
+    module_name, _, qualname = reference.partition(":")
+    if "<" in qualname:
+        raise ValueError("it is local to a function or a lambda")
+    found: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    if body_reference(found) != reference:
+        raise ValueError(f"{module_name}.{qualname} is now {found!r}")
+    return cast(Callable[..., Any], found)
