@@ -1,4 +1,4 @@
-"""The timeline of a run: the HTML Gantt chart drawn from its records.
+"""The timeline of a run: the HTML Gantt chart and the Chrome trace drawn from its records.
 
 The HTML is parsed with the standard library's ``html.parser`` into a small tree, and every
 check reads that tree: the elements, their classes, attributes and text.
@@ -6,6 +6,7 @@ check reads that tree: the elements, their classes, attributes and text.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -15,9 +16,11 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator._records import AttemptRecord, CallRecord, RunRecord
-from orchestrator._timeline import SHORT_LENGTH, render_html
+from orchestrator._timeline import SHORT_LENGTH, chrome_trace, render_html
 
 T = 1_700_000_000.0
 """The run's start; offsets from it below are multiples of 1/8 s, exact in floating point."""
@@ -531,9 +534,175 @@ def test_html_of_a_run_without_calls_has_the_run_row_and_says_so() -> None:
     assert root.one("empty").text == "No action calls were recorded in this run."
 
 
+# --- Chrome trace -----------------------------------------------------------------------------
+
+
+def complete_events(trace: dict[str, Any]) -> list[dict[str, Any]]:
+    return [event for event in trace["traceEvents"] if event["ph"] == "X"]
+
+
+def call_events(trace: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["args"]["call_key"]: e for e in complete_events(trace) if e["cat"] != "run"}
+
+
+def test_chrome_trace_survives_a_strict_json_round_trip() -> None:
+    calls = [retried_call(), call("2", 8, None, replayed=True, result="'ok'")]
+    trace = chrome_trace(run_record(status="running", ended=None), calls)
+    assert json.loads(json.dumps(trace, allow_nan=False)) == trace
+
+
+def test_chrome_trace_has_one_complete_event_per_call_in_microseconds() -> None:
+    calls = [call("1", 0.5, 2), call("1.1", 0.75, 1.25), call("2", 2, 9.875)]
+    events = call_events(chrome_trace(run_record(), calls))
+    timing = {key: (event["ts"], event["dur"]) for key, event in events.items()}
+    assert timing == {
+        "1": (500_000, 1_500_000),
+        "1.1": (750_000, 500_000),
+        "2": (2_000_000, 7_875_000),
+    }
+
+
+def test_chrome_trace_has_the_run_as_the_outermost_event_of_the_first_thread() -> None:
+    trace = chrome_trace(run_record(), [call("1", 0, 1)])
+    [run] = [event for event in complete_events(trace) if event["cat"] == "run"]
+    assert (run["name"], run["ts"], run["dur"], run["tid"]) == ("app:main", 0, 10_000_000, 1)
+
+
+def test_chrome_trace_keeps_sequential_calls_on_the_thread_of_their_parent() -> None:
+    calls = [call("1", 0, 4), call("1.1", 0, 2), call("1.2", 2, 4), call("2", 4, 5)]
+    events = call_events(chrome_trace(run_record(), calls))
+    assert {key: event["tid"] for key, event in events.items()} == dict.fromkeys(events, 1)
+
+
+def test_chrome_trace_puts_calls_running_side_by_side_on_separate_threads() -> None:
+    calls = [call("1", 0, 5), call("1.1.1", 0, 4), call("1.2.1", 0, 5), call("1.3.1", 1, 3)]
+    events = call_events(chrome_trace(run_record(), calls))
+    threads = {key: event["tid"] for key, event in events.items()}
+    assert threads["1.1.1"] == threads["1"] == 1
+    assert len({threads["1.1.1"], threads["1.2.1"], threads["1.3.1"]}) == 3
+
+
+def test_chrome_trace_reuses_a_thread_once_it_is_free() -> None:
+    calls = [call("1.1", 0, 2), call("1.2", 0, 2), call("2.1", 3, 4), call("2.2", 3, 4)]
+    calls = [replace(c, parent_key=None) for c in calls]
+    events = call_events(chrome_trace(run_record(ended=T + 4), calls))
+    threads = {key: event["tid"] for key, event in events.items()}
+    assert threads == {"1.1": 1, "1.2": 2, "2.1": 1, "2.2": 2}
+
+
+def test_chrome_trace_names_its_process_and_threads() -> None:
+    calls = [call(key, 0, 2, parent_key=None, run_id="nightly") for key in ("1.1", "1.2")]
+    trace = chrome_trace(run_record(run_id="nightly"), calls)
+    names = {
+        (event["name"], event["tid"]): event["args"]["name"]
+        for event in trace["traceEvents"]
+        if event["ph"] == "M" and event["name"] != "thread_sort_index"
+    }
+    assert names == {
+        ("process_name", 1): "run nightly",
+        ("thread_name", 1): "run body",
+        ("thread_name", 2): "side by side 1",
+    }
+
+
+def test_chrome_trace_args_hold_the_call_details() -> None:
+    failing = replace(retried_call(), status="failed", args="(1,)", error="OSError: gave up")
+    args = call_events(chrome_trace(run_record(), [failing]))["1"]["args"]
+    assert args == {
+        "call_key": "1",
+        "parent_key": None,
+        "status": "failed",
+        "started": T,
+        "ended": T + 8,
+        "attempts": [
+            {"number": 1, "started": T, "ended": T + 2, "error": "OSError: reset", "delay": 1},
+            {"number": 2, "started": T + 3, "ended": T + 5, "error": "OSError: reset again",
+             "delay": 2},
+            {"number": 3, "started": T + 7, "ended": T + 8, "error": None, "delay": None},
+        ],
+        "args": "(1,)",
+        "result": None,
+        "error": "OSError: gave up",
+        "replayed": False,
+    }  # fmt: skip
+
+
+def test_chrome_trace_marks_each_failed_attempt_with_an_instant_event() -> None:
+    trace = chrome_trace(run_record(), [retried_call()])
+    instants = [event for event in trace["traceEvents"] if event["ph"] == "i"]
+    assert [(event["name"], event["ts"], event["tid"]) for event in instants] == [
+        ("attempt 1 failed", 2_000_000, 1),
+        ("attempt 2 failed", 5_000_000, 1),
+    ]
+
+
+def test_chrome_trace_lets_a_call_without_end_last_to_the_last_recorded_instant() -> None:
+    calls = [call("1", 1, None), call("2", 1, 6)]
+    events = call_events(chrome_trace(run_record(status="running", ended=None), calls))
+    assert (events["1"]["ts"], events["1"]["dur"]) == (1_000_000, 5_000_000)
+    assert events["1"]["args"]["ended"] is None
+
+
+def test_chrome_trace_shortens_long_values() -> None:
+    event = call_events(chrome_trace(run_record(), [call("1", 0, 1, args="a" * 500)]))["1"]
+    assert event["args"]["args"] == "a" * (SHORT_LENGTH - 1) + "…"
+
+
+def test_chrome_trace_of_a_run_without_calls_has_just_the_run() -> None:
+    trace = chrome_trace(run_record(ended=None, status="running"), [])
+    assert [(event["cat"], event["ts"], event["dur"]) for event in complete_events(trace)] == [
+        ("run", 0, 0)
+    ]
+
+
+@st.composite
+def call_trees(draw: st.DrawFn) -> list[CallRecord]:
+    """Calls under random parents, at random times: inside their parent or not, ended or not."""
+    calls: list[CallRecord] = []
+    children: dict[str | None, int] = {}
+    for _ in range(draw(st.integers(0, 30))):
+        parent = draw(st.sampled_from([None, *(c.call_key for c in calls)]))
+        children[parent] = children.get(parent, 0) + 1
+        key = f"{parent}.{children[parent]}" if parent else str(children[parent])
+        base = 0.0 if parent is None else next(c.started - T for c in calls if c.call_key == parent)
+        start = base + draw(st.integers(-2, 16)) / 8
+        end = (
+            None
+            if draw(st.booleans()) and draw(st.booleans())
+            else start + draw(st.integers(0, 24)) / 8
+        )
+        calls.append(call(key, start, end, parent_key=parent))
+    return calls
+
+
+def ancestors(key: str | None, parents: dict[str, str | None]) -> Iterator[str | None]:
+    while key is not None:
+        key = parents[key]
+        yield key
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(call_trees())
+def test_chrome_trace_nests_events_on_a_thread_only_as_caller_and_callee(
+    calls: list[CallRecord],
+) -> None:
+    events = complete_events(chrome_trace(run_record(ended=T + 3), calls))
+    parents = {c.call_key: c.parent_key for c in calls}
+    spans = [(e["tid"], e["ts"], e["ts"] + e["dur"], e["args"].get("call_key")) for e in events]
+    assert len(spans) == len(calls) + 1
+    for index, (tid, start, end, key) in enumerate(spans):
+        for other_tid, other_start, other_end, other_key in spans[index + 1 :]:
+            if tid != other_tid or end <= other_start or other_end <= start:
+                continue
+            # Overlapping on one thread: the earlier event holds the later one and made it.
+            assert start <= other_start
+            assert other_end <= end
+            assert key in ancestors(other_key, parents)
+
+
 # --- bad input --------------------------------------------------------------------------------
 
-RENDERERS = pytest.mark.parametrize("render", [render_html])
+RENDERERS = pytest.mark.parametrize("render", [render_html, chrome_trace])
 
 
 @RENDERERS

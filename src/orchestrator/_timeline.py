@@ -1,7 +1,7 @@
-"""A picture of a run: a self-contained HTML Gantt chart of its action calls.
+"""Pictures of a run: a self-contained HTML Gantt chart and a Chrome trace.
 
-The renderer is pure: a ``RunRecord`` and its ``CallRecord`` objects in, a string out,
-with no clock and no I/O, so the same records always give the same picture.
+Both renderers are pure: a ``RunRecord`` and its ``CallRecord`` objects in, a string or a
+JSON-ready dict out, with no clock and no I/O, so the same records always give the same picture.
 
 How it is built:
 
@@ -9,7 +9,7 @@ How it is built:
   status, a malformed or repeated call key, a call of another run) ``ValueError``, naming the
   field as ``calls[3].status``. An end before its start is drawn as zero length rather than
   refused: recorded wall-clock times can step back.
-- **Tree order and a time frame.** Calls are put in tree order: each under the call it was made
+- **One layout for both outputs.** Calls are put in tree order: each under the call it was made
   from, siblings by numeric key so that "2.10" follows "2.9". A call whose parent was not
   recorded hangs under the nearest recorded call its key descends from, since keys nest. The
   time frame runs from the earliest recorded instant to the latest; a call with no end lasts to
@@ -19,16 +19,23 @@ How it is built:
   Content-Security-Policy forbids scripts and network access as a second line of defence.
   Every string from outside is shortened, then escaped for HTML text or attribute; the style
   sheet and ``style`` attributes hold only numbers and the checked status words.
+- **Chrome trace threads show nesting.** A trace viewer nests the complete events of one thread
+  by time containment, so a call shares its parent's thread only when it lies inside the parent
+  and after the siblings already there; otherwise (members of a group running side by side) it
+  takes a thread that is free by then, or a new one. Any nesting a viewer shows is thus a real
+  caller and callee.
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from . import _checks
 from ._records import AttemptRecord, CallRecord, RunRecord
@@ -704,3 +711,180 @@ def _wait_title(call: CallRecord, number: int, delay: float, waited: float) -> s
         f"scheduled: {_duration(delay)}\n"
         f"waited: {_duration(max(waited, 0.0))}"
     )
+
+
+# --- Chrome trace ---------------------------------------------------------------------------
+
+_PID = 1
+_RUN_THREAD = 1
+
+
+def chrome_trace(run: RunRecord, calls: Sequence[CallRecord]) -> dict[str, Any]:
+    """Export a run in the Trace Event Format, for Perfetto and ``chrome://tracing``.
+
+    The run and each call are complete events (``"ph": "X"``) with ``ts`` and ``dur`` in
+    microseconds from the run's earliest recorded instant; a call without an end lasts to the
+    latest one. Threads are chosen so that a call drawn inside another is one made from it.
+    Each failed attempt is also an instant event at its end. The details of each call are in
+    its ``args``, values from the records shortened as in the HTML timeline.
+
+    Args:
+        run: The run to export.
+        calls: Its action calls, in any order.
+
+    Returns:
+        A dict ready for ``json.dump``.
+
+    Raises:
+        TypeError: ``run``, ``calls`` or one of their fields has the wrong type.
+        ValueError: A field has an impossible value, as for ``render_html``.
+
+    """
+    run, records = _checked(run, calls)
+    frame = _frame(run, records)
+    rows = _tree(records)
+    threads = _threads(run, rows, frame)
+    events: list[dict[str, Any]] = [_run_event(run, frame)]
+    for row in rows:
+        thread = threads[row.call.call_key]
+        events.append(_call_event(row, frame, thread))
+        events.extend(_retry_events(row.call, frame, thread))
+    return {
+        "traceEvents": [*_thread_names(run, max(threads.values())), *events],
+        "displayTimeUnit": "ms",
+        "otherData": {"run_id": _short(run.run_id), "time_origin": _utc(frame.origin)},
+    }
+
+
+def _us(frame: _Frame, instant: float) -> float:
+    return round((instant - frame.origin) * 1e6, 3)
+
+
+def _interval(frame: _Frame, started: float, ended: float | None) -> tuple[float, float]:
+    return _us(frame, started), _us(frame, frame.close(started, ended))
+
+
+def _threads(run: RunRecord, rows: Sequence[_Row], frame: _Frame) -> dict[str | None, int]:
+    """The thread of the run (under key None) and of each call: see the module docstring."""
+    spans: dict[str | None, tuple[float, float]] = {None: _interval(frame, run.started, run.ended)}
+    threads: dict[str | None, int] = {None: _RUN_THREAD}
+    # Each thread with the end of its latest outermost event, soonest free first.
+    free = [(spans[None][1], _RUN_THREAD)]
+    children_end: dict[str | None, float] = {}
+    for row in rows:
+        key = row.call.call_key
+        start, end = spans[key] = _interval(frame, row.call.started, row.call.ended)
+        parent_start, parent_end = spans[row.parent]
+        after = children_end.get(row.parent, parent_start)
+        if parent_start <= start and end <= parent_end and after <= start:
+            threads[key] = threads[row.parent]
+            children_end[row.parent] = end
+        else:
+            threads[key] = _free_thread(free, start, end)
+    return threads
+
+
+def _free_thread(free: list[tuple[float, int]], start: float, end: float) -> int:
+    """The thread free soonest if it is free by ``start``, else a new one; booked until ``end``."""
+    free_at, thread = free[0]
+    if free_at <= start:
+        heapq.heapreplace(free, (end, thread))
+        return thread
+    thread = len(free) + 1
+    heapq.heappush(free, (end, thread))
+    return thread
+
+
+def _thread_names(run: RunRecord, count: int) -> Iterator[dict[str, Any]]:
+    base = {"ph": "M", "pid": _PID}
+    yield {**base, "tid": _RUN_THREAD, "name": "process_name", "args": {"name": _run_name(run)}}
+    for thread in range(1, count + 1):
+        name = "run body" if thread == _RUN_THREAD else f"side by side {thread - 1}"
+        yield {**base, "tid": thread, "name": "thread_name", "args": {"name": name}}
+        yield {**base, "tid": thread, "name": "thread_sort_index", "args": {"sort_index": thread}}
+
+
+def _run_name(run: RunRecord) -> str:
+    return _short(f"run {run.run_id}")
+
+
+def _run_event(run: RunRecord, frame: _Frame) -> dict[str, Any]:
+    start, end = _interval(frame, run.started, run.ended)
+    return {
+        "name": _short(run.body),
+        "cat": "run",
+        "ph": "X",
+        "ts": start,
+        "dur": round(end - start, 3),
+        "pid": _PID,
+        "tid": _RUN_THREAD,
+        "args": {
+            "run_id": _short(run.run_id),
+            "status": run.status,
+            "started": run.started,
+            "ended": run.ended,
+            "args": _short(run.args),
+            "result": _maybe_short(run.result),
+            "error": _maybe_short(run.error),
+        },
+    }
+
+
+def _call_event(row: _Row, frame: _Frame, thread: int) -> dict[str, Any]:
+    call = row.call
+    start, end = _interval(frame, call.started, call.ended)
+    return {
+        "name": _short(call.name),
+        "cat": call.status,
+        "ph": "X",
+        "ts": start,
+        "dur": round(end - start, 3),
+        "pid": _PID,
+        "tid": thread,
+        "args": {
+            "call_key": call.call_key,
+            "parent_key": call.parent_key,
+            "status": call.status,
+            "started": call.started,
+            "ended": call.ended,
+            "attempts": [_attempt_args(attempt) for attempt in call.attempts],
+            "args": _short(call.args),
+            "result": _maybe_short(call.result),
+            "error": _maybe_short(call.error),
+            "replayed": call.replayed,
+        },
+    }
+
+
+def _attempt_args(attempt: AttemptRecord) -> dict[str, Any]:
+    return {
+        "number": attempt.number,
+        "started": attempt.started,
+        "ended": attempt.ended,
+        "error": _maybe_short(attempt.error),
+        "delay": attempt.delay,
+    }
+
+
+def _retry_events(call: CallRecord, frame: _Frame, thread: int) -> Iterator[dict[str, Any]]:
+    for attempt in call.attempts:
+        if attempt.error is None or attempt.ended is None:
+            continue
+        yield {
+            "name": f"attempt {attempt.number} failed",
+            "cat": "attempt",
+            "ph": "i",
+            "s": "t",
+            "ts": _us(frame, attempt.ended),
+            "pid": _PID,
+            "tid": thread,
+            "args": {
+                "call_key": call.call_key,
+                "error": _short(attempt.error),
+                "delay": attempt.delay,
+            },
+        }
+
+
+def _maybe_short(text: str | None) -> str | None:
+    return None if text is None else _short(text)
