@@ -42,6 +42,7 @@ from ._parallel import Parallel, check_options, gather, member_scopes, require_r
 from ._retry import RetryPolicy
 from ._run import RUN, Run, Scope, execute
 from ._state import State, assign, check_key, new_context
+from ._remote import remote_place
 from ._threads import DEFAULT_MAX_THREADS
 from .executors import Executor, ThreadExecutor, as_executor
 
@@ -268,6 +269,13 @@ class Orchestrator(Generic[C]):
         """
         frame = self._frames.get(None)
         if frame is None:
+            where = remote_place()
+            if where is not None:
+                raise OutsideRunError(
+                    f"get_state() was called in a function running in {where}, and the context "
+                    "lives in the process running the run; pass the function what it needs "
+                    "from the context as arguments"
+                )
             raise OutsideRunError(
                 "get_state() was called outside a run of this orchestrator; call it from the "
                 "run body, an action or a hook"

@@ -1,0 +1,33 @@
+"""What runs on the other side of an executor that sends work to another process or machine.
+
+The run, its hooks and its context stay in the process that runs the run; only the function and
+its arguments travel. ``call_remote`` is what such an executor sends in place of the function:
+it calls the function in an empty ``contextvars.Context``, so that a copy of the run's context
+inherited by a forked worker can never be read there, and marks that context so that
+``get_state()`` says why it has no run to read from.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from typing import Any
+
+_where: contextvars.ContextVar[str] = contextvars.ContextVar("orchestrator-remote")
+
+
+def call_remote(
+    where: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Call ``fn(*args, **kwargs)`` as work sent to ``where`` (say, "a worker process").
+
+    Module-level, so that it pickles by reference along with the function.
+    """
+    context = contextvars.Context()
+    context.run(_where.set, where)
+    return context.run(fn, *args, **kwargs)
+
+
+def remote_place() -> str | None:
+    """Where the current code runs if it is work sent away by an executor, else None."""
+    return _where.get(None)
