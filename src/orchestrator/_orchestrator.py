@@ -39,10 +39,10 @@ from ._hooks import Hooks
 from ._interceptors import Interceptor
 from ._journal import Journal, as_journal
 from ._parallel import Parallel, check_options, gather, member_scopes, require_run
+from ._remote import remote_place
 from ._retry import RetryPolicy
 from ._run import RUN, Run, Scope, execute
 from ._state import State, assign, check_key, new_context
-from ._remote import remote_place
 from ._threads import DEFAULT_MAX_THREADS
 from .executors import Executor, ThreadExecutor, as_executor
 
