@@ -20,30 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-import json
 import os
-import pickle
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from . import _checks
 from ._errors import JournalError, JournalMismatchError
-from ._journal_file import (
-    holder_alive,
-    in_transaction,
-    initialize,
-    prepare,
-    result_code,
-    this_process,
-    unreadable,
-)
-from ._records import AttemptRecord, CallRecord, RunRecord
+from ._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import hashlib
+    import json
+    import pickle
+    import sqlite3
+
+    from . import _journal_file, _records
+    from ._records import AttemptRecord, CallRecord, RunRecord
+else:
+    hashlib = lazy_module("hashlib")
+    json = lazy_module("json")
+    pickle = lazy_module("pickle")
+    sqlite3 = lazy_module("sqlite3")
+    _journal_file = lazy_module("orchestrator._journal_file")
+    _records = lazy_module("orchestrator._records")
 
 T = TypeVar("T")
 
@@ -102,8 +105,9 @@ class JsonSerializer:
     tuple would come back as a list), and so are NaN and the infinities.
     """
 
-    # ASCII escapes keep a lone surrogate, which no UTF-8 text column can hold, a valid value.
-    _encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+    def __init__(self) -> None:
+        # ASCII escapes keep a lone surrogate, which no UTF-8 text column can hold, a valid value.
+        self._encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
     def dumps(self, value: Any) -> str:
         """Return ``value`` as JSON text.
@@ -302,13 +306,13 @@ class SQLiteJournal:
         if not isinstance(serializer, JsonSerializer):
             self._dumps = _checked(serializer.dumps)
         self._loads = serializer.loads
-        prepare(self.path)
+        _journal_file.prepare(self.path)
         info = os.stat(self.path)
         self._key = (info.st_dev, info.st_ino)  # the file, under whatever name it is opened
         self._slow = self._connect(_BUSY_SECONDS)
         self._fast: sqlite3.Connection | None = None
         try:
-            initialize(self._slow, self.path)
+            _journal_file.initialize(self._slow, self.path)
             if durability == "normal":
                 self._fast = self._connect(0.0)
                 # Its checkpoints sync the files: the writer thread makes them instead.
@@ -418,7 +422,7 @@ class SQLiteJournal:
             conn.execute(
                 "INSERT INTO runs (run_id, body, args, args_hash, status, started, owner)"
                 " VALUES (?, ?, ?, ?, 'running', ?, ?)",
-                (run_id, body, data, args_hash, started, this_process()),
+                (run_id, body, data, args_hash, started, _journal_file.this_process()),
             )
             return OpenedRun(None, None, {})
         recorded_body, recorded_args, recorded_hash, status, result, owner = row
@@ -436,7 +440,7 @@ class SQLiteJournal:
             )
         if status == "succeeded":
             return OpenedRun(status, result, {})
-        if status == "running" and owner is not None and holder_alive(owner):
+        if status == "running" and owner is not None and _journal_file.holder_alive(owner):
             host, pid, _ = json.loads(owner)
             raise JournalError(
                 f"run {run_id!r} is in progress in another process (pid {pid} on {host}); "
@@ -445,7 +449,7 @@ class SQLiteJournal:
         conn.execute(
             "UPDATE runs SET status = 'running', ended = NULL, result = NULL, error = NULL,"
             " owner = ? WHERE run_id = ?",
-            (this_process(), run_id),
+            (_journal_file.this_process(), run_id),
         )
         calls = {
             key: (name, call_hash, value)
@@ -603,7 +607,7 @@ class SQLiteJournal:
             (),
         )
         return [
-            RunRecord(
+            _records.RunRecord(
                 run_id,
                 body,
                 status,
@@ -636,11 +640,13 @@ class SQLiteJournal:
         records = []
         for key, name, parent, status, started, ended, attempts, args, result, error, again in rows:
             if attempts is None:
-                tried: tuple[AttemptRecord, ...] = (AttemptRecord(1, started, ended, error),)
+                tried: tuple[AttemptRecord, ...] = (
+                    _records.AttemptRecord(1, started, ended, error),
+                )
             else:
-                tried = tuple(AttemptRecord(*attempt) for attempt in json.loads(attempts))
+                tried = tuple(_records.AttemptRecord(*attempt) for attempt in json.loads(attempts))
             records.append(
-                CallRecord(
+                _records.CallRecord(
                     run_id,
                     key,
                     name,
@@ -699,7 +705,7 @@ class SQLiteJournal:
 
         with self._slow_lock:
             self._check_open()
-            return self._guard(lambda: in_transaction(self._slow, delete))
+            return self._guard(lambda: _journal_file.in_transaction(self._slow, delete))
 
     def close(self) -> None:
         """Close the journal, once the runs using it have ended; closing twice does nothing.
@@ -785,7 +791,7 @@ class SQLiteJournal:
             with self._fast_lock:
                 self._check_open()
                 try:
-                    return in_transaction(self._fast, work)
+                    return _journal_file.in_transaction(self._fast, work)
                 except sqlite3.Error as exc:
                     if not _busy(exc):
                         raise self._failure(exc) from exc
@@ -813,7 +819,7 @@ class SQLiteJournal:
             sync = "FULL" if self.durability == "fsync" else "NORMAL"
             conn.execute(f"PRAGMA synchronous = {sync}")
         except sqlite3.Error as exc:
-            raise unreadable(self.path, exc) from exc
+            raise _journal_file.unreadable(self.path, exc) from exc
         return conn
 
     # Helpers --------------------------------------------------------------------------------
@@ -951,7 +957,7 @@ class _Writer:
         with journal._slow_lock:
             try:
                 if call.transaction:
-                    outcome = in_transaction(journal._slow, call.work)
+                    outcome = _journal_file.in_transaction(journal._slow, call.work)
                 else:
                     outcome = call.work(journal._slow)
             except Exception as exc:
@@ -1026,11 +1032,11 @@ def _commit(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...
         for sql, params in statements:
             conn.execute(sql, params)
 
-    in_transaction(conn, run)
+    _journal_file.in_transaction(conn, run)
 
 
 def _busy(exc: sqlite3.Error) -> bool:
-    return result_code(exc) == sqlite3.SQLITE_BUSY
+    return _journal_file.result_code(exc) == sqlite3.SQLITE_BUSY
 
 
 def _hash(data: str | bytes) -> str:

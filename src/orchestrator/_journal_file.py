@@ -8,15 +8,21 @@ if it is empty.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
-import sqlite3
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ._errors import JournalError
+from ._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import json
+    import socket
+    import sqlite3
+else:
+    json = lazy_module("json")
+    socket = lazy_module("socket")
+    sqlite3 = lazy_module("sqlite3")
 
 T = TypeVar("T")
 
@@ -136,6 +142,8 @@ def _identify(path: str) -> None:
         return
     # No application id: an empty database can become a journal; any other is someone's.
     # immutable=1 reads the file as it is, taking no lock and making no file next to it.
+    from pathlib import Path  # here: only a file being checked needs it
+
     uri = Path(path).as_uri() + "?mode=ro&immutable=1"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:

@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import (
+    TYPE_CHECKING,
     Any,
     Generic,
     NoReturn,
@@ -24,7 +25,6 @@ from typing import (
 
 from . import _checks
 from ._action import Action, is_async
-from ._durable import JournalInterceptor, body_reference
 from ._errors import JournalError, OutsideRunError
 from ._events import (
     ProcessBeginEvent,
@@ -37,7 +37,6 @@ from ._events import (
 )
 from ._hooks import Hooks
 from ._interceptors import Interceptor
-from ._journal import Journal, as_journal
 from ._parallel import Parallel, check_options, gather, member_scopes, require_run
 from ._remote import remote_place
 from ._retry import RetryPolicy
@@ -45,6 +44,9 @@ from ._run import RUN, Run, Scope, execute
 from ._state import State, assign, check_key, new_context
 from ._threads import DEFAULT_MAX_THREADS
 from .executors import Executor, ThreadExecutor, as_executor
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 C = TypeVar("C")
 E = TypeVar("E")
@@ -149,6 +151,10 @@ class Orchestrator(Generic[C]):
         self.journal: Journal | None = None
         """The journal that records this orchestrator's runs, or None."""
         if journal is not None:
+            # Imported here: a program that records nothing never loads the journal.
+            from ._durable import JournalInterceptor
+            from ._journal import as_journal
+
             self.journal = as_journal(journal)
             self._hooks.set_journal(JournalInterceptor(self.journal))
 
@@ -604,6 +610,8 @@ def _require_zero_arguments(factory: Callable[..., Any]) -> None:
 def _import(reference: str) -> Callable[..., Any]:
     """The object that ``body_reference()`` named ``"module:qualname"``."""
     import importlib
+
+    from ._durable import body_reference
 
     module_name, _, qualname = reference.partition(":")
     if "<" in qualname:
