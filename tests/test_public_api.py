@@ -199,3 +199,37 @@ def test_init_has_no_logic() -> None:
         )
         all_assignments += 1
     assert all_assignments == 1
+
+
+OPTIONAL = ("opentelemetry", "rich")
+
+
+@pytest.mark.parametrize(
+    "module", ["orchestrator", "orchestrator.testing", "orchestrator.logs", "orchestrator.timeline"]
+)
+def test_importing_imports_no_optional_dependency(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({OPTIONAL!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "dependency"),
+    [("orchestrator.otel", "opentelemetry"), ("orchestrator.progress", "rich")],
+)
+def test_each_integration_imports_only_its_own_dependency(module: str, dependency: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({OPTIONAL!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr([dependency])
