@@ -34,6 +34,7 @@ GROUPS = (
     "Runs",
     "Parallel and map",
     "Testing helpers",
+    "Observability",
 )
 """The sections the catalogue must have, in this order."""
 
