@@ -28,6 +28,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import (
+    INVALID_SPAN,
     Span,
     Status,
     StatusCode,
@@ -88,6 +89,8 @@ class _Tracing(Interceptor):
     def _probe(self, name: str) -> Span | None:
         """A new span without attributes, or None if it would only repeat the current one."""
         span = self._tracer.start_span(name)
+        if span is INVALID_SPAN:  # the no-op tracer's answer when no span is current
+            return None
         if not span.is_recording():
             current = trace.get_current_span()
             if span is current or span.get_span_context() == current.get_span_context():
