@@ -187,8 +187,8 @@ def instrument(
     global provider when None (looked up at each span, so a provider set later is used). The
     tracing is an interceptor registered now: interceptors registered earlier wrap it, later
     ones are wrapped by it. Call ``instrument`` before registering an interceptor that hands
-    back recorded outcomes, so that replayed calls get spans too. A call whose begin hook
-    raised has no span: its work never started. Undo with :func:`uninstrument`.
+    back recorded outcomes, so that replayed calls get spans too. A run or call whose begin
+    hook raised has no span: its work never started. Undo with :func:`uninstrument`.
 
     Raises:
         TypeError: ``orchestrator`` is not an ``Orchestrator``, or ``tracer_provider`` not an
