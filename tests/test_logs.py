@@ -219,3 +219,20 @@ def test_nothing_is_printed_while_the_application_has_not_configured_logging() -
     )
     assert done.returncode == 0, done.stderr
     assert (done.stdout, done.stderr) == ("raised\n", "")
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_an_error_whose_message_cannot_be_made_is_logged_by_its_type(
+    orch: Orchestrator[Any], log: pytest.LogCaptureFixture
+) -> None:
+    @orch.action
+    async def store() -> None:
+        raise Unprintable
+
+    with pytest.raises(Unprintable):
+        orch.run_sync(store)
+    assert ours(log)[1][1].endswith(": Unprintable (its message could not be made)")

@@ -526,3 +526,22 @@ def test_without_a_provider_the_global_one_is_followed_once_it_is_set() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["False", "True", "[('step', '1'), ('step', None)]"]
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_an_error_whose_message_cannot_be_made_still_fails_the_call_with_itself(
+    traced: Traced,
+) -> None:
+    @traced.orch.action
+    async def fetch() -> None:
+        raise Unprintable
+
+    with pytest.raises(Unprintable):
+        traced.orch.run_sync(fetch)
+    span = traced.span("fetch 1")
+    assert status_of(span) == (StatusCode.ERROR, "Unprintable")
+    assert span.status.description == "Unprintable (its message could not be made)"

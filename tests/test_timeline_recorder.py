@@ -294,3 +294,21 @@ def test_a_path_of_the_wrong_type_is_refused() -> None:
 def test_something_else_than_an_orchestrator_is_refused() -> None:
     with pytest.raises(TypeError, match=r"^orchestrator must be an Orchestrator, got 5$"):
         Timeline(5)  # type: ignore[arg-type]
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_an_error_whose_message_cannot_be_made_is_recorded_by_its_type() -> None:
+    orch, timeline = recorded()
+
+    @orch.action
+    async def fetch() -> None:
+        raise Unprintable
+
+    with pytest.raises(Unprintable):
+        orch.run_sync(fetch)
+    (call,) = timeline.records()[1]
+    assert call.error == "Unprintable (its message could not be made)"

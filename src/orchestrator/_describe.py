@@ -31,8 +31,15 @@ def error_type(error: BaseException) -> str:
 
 
 def describe(error: BaseException) -> str:
-    """``"TypeName: message"``, or the type's name alone when the message is empty."""
-    message = str(error)
+    """``"TypeName: message"``, or the type's name alone when the message is empty.
+
+    Never raises: an exception whose message cannot be made is described by its type, since
+    this runs in hooks, where raising would change the outcome of the work being described.
+    """
+    try:
+        message = str(error)
+    except Exception:
+        return f"{error_type(error)} (its message could not be made)"
     if len(message) > MESSAGE_LENGTH:
         message = message[: MESSAGE_LENGTH - 1] + "…"
     return f"{error_type(error)}: {message}" if message else error_type(error)

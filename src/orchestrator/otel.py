@@ -170,7 +170,15 @@ def _tracer_of(provider: TracerProvider | None) -> Tracer:
 
 def _failed(span: Span, error: BaseException) -> None:
     if span.is_recording():
-        span.record_exception(error)
+        try:
+            span.record_exception(error)
+        except Exception:
+            # The SDK reads the message, and this exception cannot make one; raising here
+            # would replace the work's failure.
+            span.add_event(
+                "exception",
+                {"exception.type": error_type(error), "exception.message": describe(error)},
+            )
         span.set_attribute(ERROR_TYPE, error_type(error))
         span.set_status(Status(StatusCode.ERROR, describe(error)))
 
