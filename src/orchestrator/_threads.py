@@ -18,6 +18,7 @@ import contextvars
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -98,6 +99,10 @@ class WorkerPool:
 
     def __init__(self, max_workers: int) -> None:
         self._max = max_workers
+        self._start_afresh()
+        _pools.add(self)
+
+    def _start_afresh(self) -> None:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0  # live worker threads
@@ -193,11 +198,18 @@ def pool() -> WorkerPool:
     return _pool
 
 
+_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+"""Every pool of the process (each ThreadExecutor has its own), for the reset after a fork."""
+
+
 def _forget_pool_after_fork() -> None:
-    # A forked child has none of the parent's threads, only its counters: start afresh.
+    # A forked child has none of the parent's threads, only its counters: start afresh. The
+    # parent's queued jobs belong to the parent's event loop, so they are dropped too.
     global _pool, _pool_lock
     _pool = None
     _pool_lock = threading.Lock()
+    for each in list(_pools):
+        each._start_afresh()
 
 
 os.register_at_fork(after_in_child=_forget_pool_after_fork)
