@@ -33,8 +33,12 @@ from typing import Any
 
 import stamina
 import tenacity
+from opentelemetry.sdk.trace import TracerProvider
+from rich.console import Console
 
-from orchestrator import Interceptor, Orchestrator, RetryPolicy
+from orchestrator import Interceptor, Orchestrator, RetryPolicy, otel
+from orchestrator.otel import instrument
+from orchestrator.progress import progress
 
 ROOT = Path(__file__).resolve().parent.parent
 FANOUT_TASKS = 10_000
@@ -114,6 +118,14 @@ class _NoOp(Interceptor):
         return await proceed()
 
 
+HAND_ATTRIBUTES = {
+    otel.RUN_ID: "0123456789abcdef0123456789abcdef",
+    otel.CALL_KEY: "1",
+    otel.TASK_ID: 1,
+    otel.FUNCTION: "__main__.trivial",
+}
+
+
 def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float]]]]:
     """Each scenario's calls per repeat, and how to measure seconds per call."""
     plain = Orchestrator()
@@ -146,6 +158,42 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
                 await trivial()
         return (time.perf_counter() - started) / calls
 
+    # OpenTelemetry. No global provider is ever set in this process, so the first orchestrator
+    # traces into the API's no-op placeholder; the SDK provider has no processor, so that the
+    # figures are of making spans, not of exporting them.
+    otel_off = _hooked()
+    instrument(otel_off)
+    otel_off_action = otel_off.action(trivial)
+    sdk = TracerProvider()
+    tracer = sdk.get_tracer("benchmark")
+    traced = Orchestrator()
+    instrument(traced, sdk)
+    traced_action = traced.action(trivial)
+
+    async def by_hand() -> int:
+        # The span instrument() makes, written by hand: the same six attributes.
+        with tracer.start_as_current_span("trivial", attributes=HAND_ATTRIBUTES) as span:
+            result = await action()
+            span.set_attributes({otel.ATTEMPTS: 1, otel.REPLAYED: False})
+            return result
+
+    async def bare_span() -> int:
+        with tracer.start_as_current_span("trivial"):
+            return await action()
+
+    shown = _hooked()
+    shown_action = shown.action(trivial)
+    terminal = open(os.devnull, "w")  # noqa: SIM115 - open for the whole benchmark
+
+    def in_progress(calls: int) -> Awaitable[float]:
+        async def measure() -> float:
+            # Drawn as on a terminal, by rich's thread, the whole time the calls run.
+            screen = Console(file=terminal, force_terminal=True, width=100)
+            with progress(shown, console=screen, refresh_per_second=10):
+                return await shown.run(timed, calls, shown_action)
+
+        return measure()
+
     def in_run(orchestrator: Orchestrator[Any], call: Callable[[], Awaitable[Any]]) -> Any:
         async def measure(calls: int) -> float:
             return await orchestrator.run(timed, calls, call)
@@ -163,6 +211,11 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
         "action, no hooks": (20_000, in_run(plain, action)),
         "action, begin+completion hooks": (10_000, in_run(hooked, hooked_action)),
         "action, one no-op interceptor": (10_000, in_run(intercepted, intercepted_action)),
+        "action, hooks + OTel, no SDK": (10_000, in_run(otel_off, otel_off_action)),
+        "action, OTel with the SDK": (2_000, in_run(traced, traced_action)),
+        "action in start_as_current_span by hand": (2_000, in_run(plain, by_hand)),
+        "action in a span without attributes": (2_000, in_run(plain, bare_span)),
+        "action, hooks + progress display": (10_000, in_progress),
         "action, RetryPolicy, no hooks": (20_000, in_run(plain, retried)),
         "action, timeout=10": (10_000, in_run(plain, limited)),
         "sync action (worker thread)": (1_000, in_run(plain, threaded)),
@@ -176,7 +229,7 @@ def per_call_scenarios() -> dict[str, tuple[int, Callable[[int], Awaitable[float
 
 
 # scenario -> (reference scenario, target ratio); the reference None means bare await.
-PER_CALL_TARGETS: dict[str, list[tuple[str | None, float]]] = {
+PER_CALL_TARGETS: dict[str, list[tuple[str | None, float | None]]] = {
     "action, no hooks": [(None, 5.0)],
     "action, begin+completion hooks": [(None, 20.0)],
     "action, one no-op interceptor": [(None, 20.0)],
@@ -186,6 +239,16 @@ PER_CALL_TARGETS: dict[str, list[tuple[str | None, float]]] = {
         ("asyncio.timeout(10) inline in the loop", 1.2),
     ],
     "sync action (worker thread)": [("asyncio.to_thread(fn)", 1.15)],
+    "action, OTel with the SDK": [
+        ("action in start_as_current_span by hand", 1.2),
+        ("action in a span without attributes", None),
+    ],
+}
+
+# scenario -> (reference scenario, target): microseconds per call over the reference.
+PER_CALL_EXTRA_US: dict[str, tuple[str, float]] = {
+    "action, hooks + OTel, no SDK": ("action, begin+completion hooks", 2.0),
+    "action, hooks + progress display": ("action, begin+completion hooks", 5.0),
 }
 
 
@@ -208,12 +271,17 @@ def run_per_call(repeats: int, scale: float) -> list[Row]:
         ratios = [s / b for s, b in zip(seconds, bare, strict=True)]
         targets = PER_CALL_TARGETS.get(name, [])
         bare_target = next((t for ref, t in targets if ref is None), None)
-        kind = "baseline" if name == "bare await coro()" else ("ours" if targets else "peer")
+        ours = targets or name in PER_CALL_EXTRA_US
+        kind = "baseline" if name == "bare await coro()" else ("ours" if ours else "peer")
         rows.append(summarize(name, "x bare await", ratios, bare_target, kind))
         for reference, target in targets:
             if reference is not None:
                 relative = [s / r for s, r in zip(seconds, times[reference], strict=True)]
                 rows.append(summarize(f"{name} vs {reference}", "x peer", relative, target))
+        if name in PER_CALL_EXTRA_US:
+            reference, target = PER_CALL_EXTRA_US[name]
+            extra = [(s - r) * 1e6 for s, r in zip(seconds, times[reference], strict=True)]
+            rows.append(summarize(f"{name} over {reference}", "µs/call", extra, target))
     return rows
 
 

@@ -44,6 +44,19 @@ def test_demo_runs_every_scenario_and_prints_the_hooks_within_five_seconds() -> 
     assert "(API key cleared)" in out
 
 
+def test_demo_ends_by_writing_the_timeline_of_each_of_its_runs(tmp_path: Path) -> None:
+    out, _ = run_python("-m", "orchestrator", "demo", "--timeline", str(tmp_path))
+    lines = out.splitlines()
+    heading = lines.index(f"== Timelines of the runs, one HTML page each, in {tmp_path}")
+    written = [Path(line.strip()) for line in lines[heading + 1 :]]
+    assert sorted(written) == sorted(tmp_path.iterdir())
+    assert len(written) == 4
+    pages = [path.read_text(encoding="utf-8") for path in written]
+    assert all(page.startswith("<!DOCTYPE html>") for page in pages)
+    assert 'data-key="1.2.1"' in pages[2]  # the failing member of the fail-fast group
+    assert "ActionTimeout" in pages[3]
+
+
 def test_command_line_without_a_command_prints_usage_and_fails() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator"], capture_output=True, text=True, check=False

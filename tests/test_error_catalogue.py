@@ -35,6 +35,7 @@ GROUPS = (
     "Parallel and map",
     "Executors, interceptors and call keys",
     "Testing helpers",
+    "Observability",
 )
 """The sections the catalogue must have, in this order."""
 

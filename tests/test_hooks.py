@@ -128,6 +128,85 @@ def test_registration_calls_chain() -> None:
     ]
 
 
+def test_a_removed_hook_is_not_called_at_any_point_it_was_registered_on() -> None:
+    orch = Orchestrator()
+    seen: list[str] = []
+
+    def hook(event: Any) -> None:
+        seen.append(type(event).__name__)
+
+    orch.on_task_begin(hook).on_task_completion(hook).on_process_begin(hook)
+    step = orch.action(lambda: None, name="step")
+    orch.run_sync(step)
+    assert seen == ["ProcessBeginEvent", "TaskBeginEvent", "TaskCompletionEvent"]
+    seen.clear()
+    assert orch.remove_hook(hook) is orch
+    orch.run_sync(step)
+    assert seen == []
+
+
+def test_removing_a_hook_leaves_the_other_hooks_of_its_point_in_order() -> None:
+    orch = Orchestrator()
+    seen: list[str] = []
+    first, second, third = (
+        (lambda e: seen.append("a")),
+        (lambda e: seen.append("b")),
+        (lambda e: seen.append("c")),
+    )
+    orch.on_process_begin(first).on_process_begin(second).on_process_begin(third)
+    orch.remove_hook(second)
+    orch.run_sync(lambda: None)
+    assert seen == ["a", "c"]
+
+
+def test_a_bound_method_registered_as_a_hook_can_be_removed_by_getting_it_again() -> None:
+    class Counter:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def hook(self, event: Any) -> None:
+            self.calls += 1
+
+    orch = Orchestrator()
+    counter = Counter()
+    orch.on_task_begin(counter.hook)
+    orch.remove_hook(counter.hook)  # a new bound-method object, equal to the registered one
+    orch.run_sync(orch.action(lambda: None))
+    assert counter.calls == 0
+
+
+def test_removing_the_last_task_hook_makes_calls_unobserved_again() -> None:
+    # Observable through a documented rule: with no task hook, an async action without retry
+    # or timeout calls its function at once, so wrong arguments raise at the call itself.
+    orch = Orchestrator()
+    hook = print
+    orch.on_task_begin(hook)
+
+    @orch.action
+    async def step() -> None:
+        return None
+
+    async def body() -> str:
+        try:
+            coro = step(1)  # type: ignore[call-arg]
+        except TypeError:
+            return "at the call"
+        try:
+            await coro
+        except TypeError:
+            return "when awaited"
+        return "never"
+
+    orch.remove_hook(hook)
+    assert orch.run_sync(body) == "at the call"
+
+
+def test_removing_a_hook_that_is_not_registered_raises_value_error() -> None:
+    orch = Orchestrator().on_task_begin(print)
+    with pytest.raises(ValueError, match=r"^the hook <built-in function len> is not registered"):
+        orch.remove_hook(len)
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_non_callable_hook_raises_type_error_naming_the_point(point: str) -> None:
     orch = Orchestrator()

@@ -265,6 +265,66 @@ def test_an_interceptor_that_overrides_nothing_changes_nothing() -> None:
     assert orch.run_sync(body) == 8
 
 
+def test_a_removed_interceptor_wraps_no_later_run_call_or_attempt() -> None:
+    log: list[str] = []
+    orch = Orchestrator()
+    logger = Logger("gone", log)
+    orch.add_interceptor(logger).add_interceptor(Logger("kept", log))
+
+    @orch.action
+    async def step() -> None:
+        return None
+
+    assert orch.remove_interceptor(logger) is orch
+    orch.run_sync(step)
+    assert log == ["kept enter step 1", "kept exit step 1"]
+
+
+def test_removing_the_only_interceptor_makes_calls_unobserved_again() -> None:
+    orch = Orchestrator()
+    logger = Logger("gone", [])
+    orch.add_interceptor(logger)
+
+    @orch.action
+    async def step() -> None:
+        return None
+
+    async def body() -> str:
+        try:
+            coro = step(1)  # type: ignore[call-arg]
+        except TypeError:
+            return "at the call"
+        try:
+            await coro
+        except TypeError:
+            return "when awaited"
+        return "never"
+
+    assert orch.run_sync(body) == "when awaited"
+    orch.remove_interceptor(logger)
+    assert orch.run_sync(body) == "at the call"
+
+
+def test_a_call_in_progress_stays_wrapped_by_an_interceptor_removed_meanwhile() -> None:
+    log: list[str] = []
+    orch = Orchestrator()
+    logger = Logger("gone", log)
+    orch.add_interceptor(logger)
+
+    @orch.action
+    async def step() -> None:
+        orch.remove_interceptor(logger)
+
+    orch.run_sync(step)
+    assert log == ["gone enter step 1", "gone exit step 1"]
+
+
+def test_removing_an_interceptor_that_is_not_registered_raises_value_error() -> None:
+    orch = Orchestrator().add_interceptor(Interceptor())
+    with pytest.raises(ValueError, match=r"^the interceptor <.*> is not registered on this"):
+        orch.remove_interceptor(Interceptor())
+
+
 def test_add_interceptor_refuses_what_is_not_an_interceptor() -> None:
     with pytest.raises(TypeError, match="interceptor must be an instance of an Interceptor"):
         Orchestrator().add_interceptor(lambda call, proceed: proceed())  # type: ignore[arg-type]

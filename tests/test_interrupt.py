@@ -62,7 +62,10 @@ SCRIPT = textwrap.dedent(
 
 
     def mark(text):
-        print(text, flush=True)
+        # One write per line: print() writes the text and the newline apart, and a worker
+        # thread's line could then run into the main thread's.
+        sys.stdout.write(text + "\\n")
+        sys.stdout.flush()
 
 
     def on_task_completion(event):

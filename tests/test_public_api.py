@@ -199,3 +199,73 @@ def test_init_has_no_logic() -> None:
         )
         all_assignments += 1
     assert all_assignments == 1
+
+
+OPTIONAL = ("opentelemetry", "rich")
+
+
+@pytest.mark.parametrize(
+    "module", ["orchestrator", "orchestrator.testing", "orchestrator.logs", "orchestrator.timeline"]
+)
+def test_importing_imports_no_optional_dependency(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({OPTIONAL!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("module", "dependency"),
+    [("orchestrator.otel", "opentelemetry"), ("orchestrator.progress", "rich")],
+)
+def test_each_integration_imports_only_its_own_dependency(module: str, dependency: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({OPTIONAL!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr([dependency])
+
+
+INTEGRATIONS = (
+    "orchestrator.otel",
+    "orchestrator.logs",
+    "orchestrator.progress",
+    "orchestrator.timeline",
+)
+
+
+def integration_members() -> list[tuple[str, str, object]]:
+    import importlib
+
+    rows: list[tuple[str, str, object]] = []
+    for name in INTEGRATIONS:
+        module = importlib.import_module(name)
+        for member in module.__all__:
+            value = getattr(module, member)
+            if inspect.isfunction(value) or isinstance(value, type):
+                rows.append((name, member, value))
+                if isinstance(value, type):
+                    rows.extend((name, f"{member}.{m}", v) for _, m, v in _methods_of(value))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "member"),
+    integration_members(),
+    ids=[f"{module}.{name}" for module, name, _ in integration_members()],
+)
+def test_every_public_function_and_class_of_the_integrations_has_a_docstring(
+    module: str, name: str, member: object
+) -> None:
+    doc = own_doc(member)
+    assert doc is not None, f"{module}.{name} has no docstring"
+    assert doc.strip()

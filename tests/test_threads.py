@@ -242,3 +242,39 @@ def test_a_forked_child_can_run_a_sync_action() -> None:
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung running a sync action")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_can_use_a_pool_whose_worker_was_idle_at_the_fork() -> None:
+    # Every ThreadExecutor has a pool of its own; the child must not count the parent's idle
+    # worker as its own, for no thread of the parent's exists in the child.
+    pool = WorkerPool(1)
+
+    async def use_and_settle() -> None:
+        assert await pool.run(lambda: 42, (), {}) == 42
+        await until(lambda: pool.busy() == 0)  # the worker has counted itself idle
+
+    asyncio.run(use_and_settle())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
+        pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            code = 0 if asyncio.run(pool.run(lambda: 7, (), {})) == 7 else 3
+        except BaseException:
+            code = 2
+        finally:
+            os._exit(code)
+
+    status: Any = None
+    end = time.monotonic() + 5
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung: it counted the parent's idle worker as its own")
+    assert os.waitstatus_to_exitcode(status) == 0

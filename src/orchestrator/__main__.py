@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from ._demo import demo
 
@@ -16,9 +17,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Coordinate multi-step async work with hooks, retries and timeouts.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="run the example scenarios and print every hook as it fires")
-    parser.parse_args(argv)
-    asyncio.run(demo())
+    demo_command = commands.add_parser(
+        "demo", help="run the example scenarios and print every hook as it fires"
+    )
+    demo_command.add_argument(
+        "--timeline",
+        metavar="DIR",
+        type=Path,
+        help="where to write the HTML timeline of each run (default: a new temporary directory)",
+    )
+    args = parser.parse_args(argv)
+    asyncio.run(demo(timeline_dir=args.timeline))
     return 0
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import reprlib
+import tempfile
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ._errors import ActionTimeout
@@ -22,10 +25,14 @@ from ._events import (
 )
 from ._orchestrator import Orchestrator
 from ._retry import RetryPolicy
+from .timeline import Timeline
 
 C = TypeVar("C")
 Write = Callable[[str], None]
 
+
+# The timelines of the scenarios' orchestrators, while demo() runs.
+_timelines: ContextVar[list[Timeline] | None] = ContextVar("demo-timelines", default=None)
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = 40
@@ -42,7 +49,10 @@ def _describe(error: BaseException) -> str:
 
 
 def show_hooks(orchestrator: Orchestrator[C], write: Write) -> Orchestrator[C]:
-    """Register hooks that print every lifecycle event as it fires."""
+    """Register hooks that print every lifecycle event as it fires (and record a timeline)."""
+    timelines = _timelines.get()
+    if timelines is not None:
+        timelines.append(Timeline(orchestrator))
 
     def call(event: TaskBeginEvent[C]) -> str:
         args = ", ".join(
@@ -219,8 +229,26 @@ SCENARIOS = (
 """Each scenario's title and coroutine function, in the order the demo runs them."""
 
 
-async def demo(write: Write = print) -> None:
-    """Run every scenario, printing the hooks as they fire."""
-    for number, (title, scenario) in enumerate(SCENARIOS, 1):
-        write(f"\n== {number}. {title}")
-        await scenario(write)
+async def demo(write: Write = print, timeline_dir: Path | None = None) -> None:
+    """Run every scenario, printing the hooks as they fire; then write each run's timeline.
+
+    The timelines go to ``timeline_dir``, by default a new temporary directory.
+    """
+    timelines: list[Timeline] = []
+    token = _timelines.set(timelines)
+    try:
+        for number, (title, scenario) in enumerate(SCENARIOS, 1):
+            write(f"\n== {number}. {title}")
+            await scenario(write)
+    finally:
+        _timelines.reset(token)
+    if timeline_dir is None:
+        timeline_dir = Path(tempfile.mkdtemp(prefix="orchestrator-demo-"))
+    timeline_dir.mkdir(parents=True, exist_ok=True)
+    write(f"\n== Timelines of the runs, one HTML page each, in {timeline_dir}")
+    count = itertools.count(1)
+    for timeline in timelines:
+        timeline.close()
+        for run_id in timeline.run_ids():
+            path = timeline.to_html(timeline_dir / f"run-{next(count)}-{run_id[:8]}.html", run_id)
+            write(f"  {path}")

@@ -11,6 +11,16 @@ from ._interceptors import Intercept, Interceptor, chain
 
 Hook = Callable[[Any], object]
 
+_POINTS = (
+    "process_begin",
+    "process_error",
+    "process_completion",
+    "task_begin",
+    "task_retry",
+    "task_error",
+    "task_completion",
+)
+
 
 class Hooks:
     """The hooks and interceptors of one orchestrator, each kind in registration order.
@@ -93,6 +103,32 @@ class Hooks:
         for point in ("intercept_run", "intercept_call", "intercept_attempt"):
             setattr(self, point, chain(every, point))
         self._update()
+
+    def remove(self, hook: object) -> bool:
+        """Take every registration of ``hook`` off every point; return whether there was one.
+
+        Registrations are found by equality, so a bound method obtained again (a new object
+        each time) still finds the one that was registered.
+        """
+        found = False
+        for point in _POINTS:
+            hooks = getattr(self, point)
+            kept = tuple(h for h in hooks if h != hook)
+            if len(kept) != len(hooks):
+                setattr(self, point, kept)
+                found = True
+        if found:
+            self._update()
+        return found
+
+    def remove_interceptor(self, interceptor: object) -> bool:
+        """Take every registration of ``interceptor`` off; return whether there was one."""
+        kept = tuple(i for i in self.interceptors if i is not interceptor)
+        if len(kept) == len(self.interceptors):
+            return False
+        self.interceptors = kept
+        self._rechain()
+        return True
 
     def _update(self) -> None:
         self.observes_tasks = bool(

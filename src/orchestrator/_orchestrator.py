@@ -226,6 +226,38 @@ class Orchestrator(Generic[C]):
         self._rechoose()
         return self
 
+    def remove_hook(self, hook: Hook[Any]) -> Self:
+        """Take ``hook`` off every lifecycle point it was registered on; returns self.
+
+        A call or run in progress does not call it for the events it has yet to fire, so a
+        hook that saw a begin may miss the matching completion.
+
+        Raises:
+            ValueError: ``hook`` is not registered on this orchestrator.
+
+        """
+        if not self._hooks.remove(hook):
+            raise ValueError(f"the hook {hook!r} is not registered on this orchestrator")
+        self._rechoose()
+        return self
+
+    def remove_interceptor(self, interceptor: Interceptor) -> Self:
+        """Stop wrapping later runs, calls and attempts in ``interceptor``; returns self.
+
+        A run or call already wrapped stays wrapped until it ends; attempts that start after
+        this are not.
+
+        Raises:
+            ValueError: ``interceptor`` is not registered on this orchestrator.
+
+        """
+        if not self._hooks.remove_interceptor(interceptor):
+            raise ValueError(
+                f"the interceptor {interceptor!r} is not registered on this orchestrator"
+            )
+        self._rechoose()
+        return self
+
     def _add(self, point: str, hook: object) -> None:
         self._hooks.add(point, hook)
         self._rechoose()

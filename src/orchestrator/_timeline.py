@@ -10,7 +10,8 @@ How it is built:
   field as ``calls[3].status``. An end before its start is drawn as zero length rather than
   refused: recorded wall-clock times can step back.
 - **One layout for both outputs.** Calls are put in tree order: each under the call it was made
-  from, siblings by numeric key so that "2.10" follows "2.9". A call whose parent was not
+  from, siblings by numeric key so that "2.10" follows "2.9", explicit key parts (from
+  ``action.keyed()``) after the positions, in text order. A call whose parent was not
   recorded hangs under the nearest recorded call its key descends from, since keys nest. The
   time frame runs from the earliest recorded instant to the latest; a call with no end lasts to
   the end of the frame and is drawn open-ended.
@@ -46,7 +47,10 @@ SHORT_LENGTH = 200
 STATUSES = ("running", "succeeded", "failed", "cancelled")
 """The statuses a run or a call can have."""
 
-_KEY = re.compile(r"[1-9][0-9]*(?:\.[1-9][0-9]*)*")
+# A key part is a position from 1, or an explicit part (``action.keyed()``): no dots, not all
+# digits.
+_PART = r"(?:[1-9][0-9]*|[^.]*[^.0-9][^.]*)"
+_KEY = re.compile(rf"{_PART}(?:\.{_PART})*")
 _MIN_SPAN = 1e-6
 # The instants a datetime can show; a timestamp outside them is printed as a number.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -97,7 +101,8 @@ def _check_call(where: str, call: CallRecord, run_id: str) -> None:
     _text(f"{where}.call_key", call.call_key)
     if not _KEY.fullmatch(call.call_key):
         raise ValueError(
-            f"{where}.call_key must be dot-separated positions from 1 such as '3' or '3.2.1', "
+            f"{where}.call_key must be dot-separated parts, each a position from 1 or an "
+            "explicit part (no dots, not all digits), such as '3', '3.2.1' or '2.user42', "
             f"got {call.call_key!r}"
         )
     _parent_key(f"{where}.parent_key", call.parent_key, call.call_key)
@@ -215,12 +220,15 @@ def _instants(run: RunRecord, calls: Sequence[CallRecord]) -> Iterator[float]:
                 yield attempt.ended
 
 
-def _key_order(call: CallRecord) -> tuple[int, ...]:
-    return tuple(int(part) for part in call.call_key.split("."))
+def _key_order(call: CallRecord) -> tuple[tuple[int, int, str], ...]:
+    # Positions in numeric order, then explicit parts in text order.
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in call.call_key.split(".")
+    )
 
 
 def _tree(calls: Sequence[CallRecord]) -> list[_Row]:
-    """The calls depth first, each under its parent, siblings in numeric key order."""
+    """The calls depth first, each under its parent, siblings in key order (see _key_order)."""
     known = {call.call_key for call in calls}
     children: dict[str | None, list[CallRecord]] = {}
     for call in calls:
@@ -491,9 +499,10 @@ def render_html(run: RunRecord, calls: Sequence[CallRecord]) -> str:
     """Render a run as one self-contained HTML page: a Gantt chart of its action calls.
 
     The page has a time axis with ticks and one row per call, under the call it was made from
-    and in numeric key order. Each bar shows the call's attempts as segments with the waits
-    between them hatched; failures and cancellations are coloured and labelled, replayed calls
-    marked, calls without an end drawn open-ended. Hovering a row shows the call's details.
+    and in key order (positions numerically, then explicit parts). Each bar shows the call's
+    attempts as segments with the waits between them hatched; failures and cancellations are
+    coloured and labelled, replayed calls marked, calls without an end drawn open-ended.
+    Hovering a row shows the call's details.
     Every value from the records is shortened and escaped; the page loads nothing and runs
     no script.
 
