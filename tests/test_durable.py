@@ -381,6 +381,22 @@ def test_call_at_a_recorded_key_under_another_name_is_a_mismatch_naming_run_key_
         asyncio.run(orch.run(body, run_id="r"))
 
 
+def test_call_at_a_recorded_key_with_other_arguments_is_a_mismatch_showing_both_arguments(
+    orch: Orchestrator[State], steps: Steps
+) -> None:
+    first = 1
+
+    async def body() -> list[int]:
+        return [await steps.step(first), await steps.step(9)]
+
+    steps.failing.add(9)
+    with pytest.raises(ConnectionError):
+        asyncio.run(orch.run(body, run_id="r"))
+    first = 7
+    with raises(JournalMismatchError, "run 'r'", "call key '1'", "'step'", "(1)", "(7)"):
+        asyncio.run(orch.run(body, run_id="r"))
+
+
 def test_mismatched_call_leaves_the_recorded_calls_unchanged(
     orch: Orchestrator[State], steps: Steps
 ) -> None:

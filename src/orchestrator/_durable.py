@@ -19,7 +19,7 @@ from typing import Any
 
 from ._errors import JournalError, JournalMismatchError
 from ._interceptors import CallInfo, Interceptor, Proceed
-from ._journal import Journal
+from ._journal import Journal, _differing, _show
 from ._records import AttemptRecord
 from ._run import Run
 
@@ -90,7 +90,7 @@ class JournalInterceptor(Interceptor):
         recorded = state.calls.get(key)
         if recorded is not None:
             if recorded[0] != name or recorded[1] != args_hash:
-                raise _mismatch(state.run_id, key, recorded[0], name, args_hash == recorded[1])
+                raise _mismatch(journal, state.run_id, call, recorded[0])
             call.replayed = True
             return journal.load(recorded[2], name, key)
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
@@ -173,10 +173,22 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # a record that could not be committed: the call fails anyway
 
 
-def _mismatch(run_id: str, key: str, recorded: str, name: str, same_args: bool) -> Exception:
-    what = f"action {name!r}" if recorded != name else f"action {name!r} with other arguments"
+def _mismatch(journal: Journal, run_id: str, call: CallInfo[Any], recorded: str) -> Exception:
+    key = call.call_key
+    kwargs = dict(sorted(call.kwargs.items()))  # in the order the journal shows recorded ones
+    before, after = _differing(_recorded_args(journal, run_id, key), _show(call.args, kwargs))
     return JournalMismatchError(
-        f"run {run_id!r} recorded action {recorded!r} at call key {key!r}, and this run now "
-        f"makes {what} there: the code of the run changed since it was recorded. Resume it with "
-        "the code that recorded it, or start it again under a new run_id"
+        f"run {run_id!r} recorded action {recorded!r} called with ({before}) at call key "
+        f"{key!r}, and this run now makes action {call.name!r} called with ({after}) there: "
+        "the code of the run changed since it was recorded. Resume it with the code that "
+        "recorded it, or start it again under a new run_id"
     )
+
+
+def _recorded_args(journal: Journal, run_id: str, key: str) -> str:
+    # Read back on this failure path only: a resumed run keeps no arguments in memory.
+    try:
+        found = [record.args for record in journal.calls(run_id) if record.call_key == key]
+    except JournalError as exc:
+        return f"unreadable: {exc}"
+    return found[0] if found else "?"
