@@ -304,6 +304,54 @@ def test_failed_call_runs_again_on_resume_with_its_retry_policy(
     assert [e.attempts for e in recorder.events("task_completion")] == [0, 2]
 
 
+def test_call_recorded_in_an_earlier_attempt_is_replayed_when_its_caller_retries(
+    orch: Orchestrator[State], steps: Steps
+) -> None:
+    attempts: list[int] = []
+
+    @orch.action(retry=RetryPolicy(retries=1, delay=0))
+    async def charge() -> int:
+        paid = await steps.step(1)  # key "1.1" in every attempt
+        attempts.append(paid)
+        if len(attempts) == 1:
+            raise ConnectionError("receipt service is down")
+        return paid
+
+    recorder = EventRecorder(orch)
+    assert asyncio.run(orch.run(charge, run_id="r")) == 10
+    assert steps.ran == [1]
+    replayed = [(e.call_key, e.replayed) for e in recorder.events("task_completion")]
+    assert replayed == [("1.1", False), ("1.1", True), ("1", False)]
+
+
+def test_retry_making_another_call_where_an_earlier_attempt_recorded_one_is_a_mismatch(
+    orch: Orchestrator[State], steps: Steps
+) -> None:
+    attempts: list[int] = []
+
+    @orch.action(retry=RetryPolicy(retries=1, delay=0))
+    async def charge() -> int:
+        attempts.append(len(attempts) + 1)
+        paid = await steps.step(attempts[-1])  # other arguments in the second attempt
+        if len(attempts) == 1:
+            raise ConnectionError("receipt service is down")
+        return paid
+
+    with raises(
+        JournalMismatchError,
+        "run 'r'",
+        "call key '1.1'",
+        "in an earlier attempt of its caller",
+        "(1)",
+        "(2)",
+        "keyed()",
+    ):
+        asyncio.run(orch.run(charge, run_id="r"))
+    assert steps.ran == [1]
+    records = [(c.call_key, c.status, c.args) for c in journal_of(orch).calls("r")]
+    assert records == [("1", "failed", ""), ("1.1", "succeeded", "1")]
+
+
 # --- mismatches ---------------------------------------------------------------------------
 
 

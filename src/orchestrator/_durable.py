@@ -31,6 +31,15 @@ def body_reference(body: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+class _Done:
+    """The result of a nested call that succeeded in this run, for a retry of its caller."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
@@ -38,7 +47,8 @@ class _OpenRun:
 
     def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
         self.run_id = run_id
-        self.calls = calls  # call key -> (action name, args hash, result data): the successes
+        # call key -> (action name, args hash, result data or _Done): the successes
+        self.calls: dict[str, tuple[str, str, str | bytes | _Done]] = dict(calls)
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
 
@@ -89,10 +99,14 @@ class JournalInterceptor(Interceptor):
         data, args_hash = journal.call_args(name, key, call.args, call.kwargs)
         recorded = state.calls.get(key)
         if recorded is not None:
+            stored = recorded[2]
             if recorded[0] != name or recorded[1] != args_hash:
-                raise _mismatch(journal, state.run_id, call, recorded[0])
+                earlier = isinstance(stored, _Done)
+                raise _mismatch(journal, state.run_id, call, recorded[0], earlier)
             call.replayed = True
-            return journal.load(recorded[2], name, key)
+            if isinstance(stored, _Done):
+                return stored.value
+            return journal.load(stored, name, key)
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
         try:
@@ -128,6 +142,10 @@ class JournalInterceptor(Interceptor):
             result=result,
             attempts=_attempts(state, call),
         )
+        if call.parent_id is not None:
+            # A retry of the caller makes this call again under this key, and it must not run
+            # twice. The body makes each of its calls once, so only nested ones are kept.
+            state.calls[key] = (name, args_hash, _Done(result))
         return result
 
     def intercept_attempt(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
@@ -173,10 +191,20 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # a record that could not be committed: the call fails anyway
 
 
-def _mismatch(journal: Journal, run_id: str, call: CallInfo[Any], recorded: str) -> Exception:
+def _mismatch(
+    journal: Journal, run_id: str, call: CallInfo[Any], recorded: str, earlier: bool
+) -> Exception:
     key = call.call_key
     kwargs = dict(sorted(call.kwargs.items()))  # in the order the journal shows recorded ones
     before, after = _differing(_recorded_args(journal, run_id, key), _show(call.args, kwargs))
+    if earlier:
+        return JournalMismatchError(
+            f"run {run_id!r} made action {recorded!r} called with ({before}) at call key "
+            f"{key!r} in an earlier attempt of its caller, and this attempt makes action "
+            f"{call.name!r} called with ({after}) there: a call that succeeded is replayed, "
+            "not run again, so each attempt must make the same calls. Give this call a key "
+            "of its own with keyed(), or make its action with journal=False"
+        )
     return JournalMismatchError(
         f"run {run_id!r} recorded action {recorded!r} called with ({before}) at call key "
         f"{key!r}, and this run now makes action {call.name!r} called with ({after}) there: "
