@@ -516,6 +516,18 @@ def test_recover_reports_a_run_that_fails_again(flows: ModuleType) -> None:
     assert asyncio.run(flows.orch.recover()) == ["r: failed again, ConnectionError: step 2 is down"]
 
 
+def test_recover_reports_a_journal_error_raised_inside_the_resumed_run_as_failed_again(
+    flows: ModuleType,
+) -> None:
+    flows.failing.add(1)
+    with pytest.raises(ConnectionError):
+        flows.orch.run_sync(flows.steps, 1, run_id="r")
+    flows.failing.clear()
+    flows.returns[1] = {1}  # the call now returns a set, which JSON cannot hold
+    (line,) = asyncio.run(flows.orch.recover())
+    assert line.startswith("r: failed again, JournalError: cannot record the result of action")
+
+
 def test_recover_leaves_completed_runs_alone(flows: ModuleType) -> None:
     flows.orch.run_sync(flows.steps, 2, run_id="r")
     flows.ran.clear()

@@ -11,8 +11,9 @@ call's outcome is committed before the caller (and the completion hooks) see it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
@@ -23,12 +24,29 @@ from ._journal import Journal, _differing, _show
 from ._records import AttemptRecord
 from ._run import Run
 
+_REFUSED: ContextVar[list[str] | None] = ContextVar("journal-refused", default=None)
+
 
 def body_reference(body: Callable[..., Any]) -> str:
     """``"module:qualname"`` of a run's body: how the journal names it and finds it again."""
     module = getattr(body, "__module__", None) or "?"
     qualname = getattr(body, "__qualname__", None) or type(body).__qualname__
     return f"{module}:{qualname}"
+
+
+@contextlib.contextmanager
+def refusals() -> Iterator[list[str]]:
+    """Collect the id of each run that a journal refuses to open, while in this block.
+
+    A refused run (held by a live process, or recorded for other work) never started its body;
+    its error cannot be told by its type from a ``JournalError`` that the body itself raised.
+    """
+    refused: list[str] = []
+    token = _REFUSED.set(refused)
+    try:
+        yield refused
+    finally:
+        _REFUSED.reset(token)
 
 
 class _Done:
@@ -64,7 +82,15 @@ class JournalInterceptor(Interceptor):
     async def intercept_run(self, run: Run[Any], proceed: Proceed) -> Any:
         """Open the run in the journal (or return its recorded result), run it, record its end."""
         journal = self.journal
-        opened = await journal.open_run(run.run_id, body_reference(run.body), run.args, run.kwargs)
+        try:
+            opened = await journal.open_run(
+                run.run_id, body_reference(run.body), run.args, run.kwargs
+            )
+        except BaseException:
+            refused = _REFUSED.get()
+            if refused is not None:
+                refused.append(run.run_id)
+            raise
         if opened.previous == "succeeded":
             return opened.result
         token = self._open.set(_OpenRun(run.run_id, opened.calls))

@@ -24,7 +24,7 @@ from typing import (
 
 from . import _checks
 from ._action import Action, is_async
-from ._durable import JournalInterceptor, body_reference
+from ._durable import JournalInterceptor, body_reference, refusals
 from ._errors import JournalError, OutsideRunError
 from ._events import (
     ProcessBeginEvent,
@@ -504,13 +504,19 @@ class Orchestrator(Generic[C]):
                 continue
             try:
                 args, kwargs = journal.arguments(run_id)
-                await self.run(body, *args, run_id=run_id, **kwargs)
             except JournalError as exc:
                 outcomes.append(f"{run_id}: skipped, {exc}")
-            except Exception as exc:
-                outcomes.append(f"{run_id}: failed again, {type(exc).__name__}: {exc}")
-            else:
-                outcomes.append(f"{run_id}: resumed and finished")
+                continue
+            with refusals() as refused:
+                try:
+                    await self.run(body, *args, run_id=run_id, **kwargs)
+                except Exception as exc:
+                    if run_id in refused:
+                        outcomes.append(f"{run_id}: skipped, {exc}")
+                    else:
+                        outcomes.append(f"{run_id}: failed again, {type(exc).__name__}: {exc}")
+                else:
+                    outcomes.append(f"{run_id}: resumed and finished")
         return outcomes
 
     # Many at once ------------------------------------------------------------------------
