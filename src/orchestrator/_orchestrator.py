@@ -415,9 +415,17 @@ class Orchestrator(Generic[C]):
         what it raises, after the completion hooks ran. The arguments are checked and the
         context is made here, at the call.
 
+        With a journal, the run is recorded under ``run_id`` (a random id if None). Run again
+        under a recorded id, a run that succeeded returns its recorded result without calling
+        ``body``, and any other resumes: recorded successful calls return their results
+        without running, the rest run live.
+
         Raises:
             TypeError: ``body`` is not callable or ``run_id`` not a str.
             ValueError: ``run_id`` is empty.
+            JournalError: (when awaited, before the body) The run is in progress elsewhere, or
+                its arguments cannot be recorded; ``JournalMismatchError`` if ``run_id`` is
+                recorded for another body or other arguments.
 
         """
         _checks.callable_("body", body)
@@ -477,10 +485,13 @@ class Orchestrator(Generic[C]):
         A run that failed, was cancelled, or whose process died is run again under its run id,
         with its recorded body and arguments: its recorded successful calls are replayed and
         the rest run live. Runs held by a live process, and runs whose body cannot be imported
-        from its recorded ``module:qualname``, are skipped.
+        from its recorded ``module:qualname``, are skipped. Call it on the orchestrator whose
+        actions the bodies call.
 
         Returns:
-            One line per unfinished run, saying what became of it.
+            One line per unfinished run, saying what became of it: ``"<run id>: resumed and
+            finished"``, ``"<run id>: failed again, <error>"`` or ``"<run id>: skipped,
+            <reason>"``.
 
         Raises:
             RuntimeError: The orchestrator has no journal.
