@@ -149,16 +149,22 @@ def test_path_that_is_a_directory_is_a_journal_error(tmp_path: Path) -> None:
         SQLiteJournal(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any directory")
-def test_path_in_a_directory_that_is_not_writable_is_a_journal_error(tmp_path: Path) -> None:
-    folder = tmp_path / "locked"
-    folder.mkdir(mode=0o500)
-    try:
-        with raises(JournalError, str(folder), "is not writable"):
-            SQLiteJournal(folder / "runs.db")
-    finally:
-        folder.chmod(0o700)
-    assert list(folder.iterdir()) == []
+def test_path_under_a_regular_file_is_a_journal_error_naming_it(tmp_path: Path) -> None:
+    regular = tmp_path / "notes.txt"
+    regular.write_text("not a directory\n")
+    with raises(
+        JournalError, str(regular / "runs.db"), f"{str(regular)!r}, which is not a directory"
+    ):
+        SQLiteJournal(regular / "runs.db")
+    assert regular.read_text() == "not a directory\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="/proc is Linux's")
+def test_path_in_a_directory_where_no_file_can_be_made_is_a_journal_error() -> None:
+    # Nobody, root included, can make a file in /proc: a directory that is not writable.
+    with raises(JournalError, "'/proc/runs.db'"):
+        SQLiteJournal("/proc/runs.db")
+    assert not os.path.exists("/proc/runs.db")
 
 
 def test_read_only_file_is_a_journal_error_and_stays_unchanged(path: Path) -> None:

@@ -11,17 +11,20 @@ call's outcome is committed before the caller (and the completion hooks) see it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
 from ._errors import JournalError, JournalMismatchError
 from ._interceptors import CallInfo, Interceptor, Proceed
-from ._journal import Journal
+from ._journal import Journal, _differing, _show
 from ._records import AttemptRecord
 from ._run import Run
+
+_REFUSED: ContextVar[list[str] | None] = ContextVar("journal-refused", default=None)
 
 
 def body_reference(body: Callable[..., Any]) -> str:
@@ -31,6 +34,30 @@ def body_reference(body: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+@contextlib.contextmanager
+def refusals() -> Iterator[list[str]]:
+    """Collect the id of each run that a journal refuses to open, while in this block.
+
+    A refused run (held by a live process, or recorded for other work) never started its body;
+    its error cannot be told by its type from a ``JournalError`` that the body itself raised.
+    """
+    refused: list[str] = []
+    token = _REFUSED.set(refused)
+    try:
+        yield refused
+    finally:
+        _REFUSED.reset(token)
+
+
+class _Done:
+    """The result of a nested call that succeeded in this run, for a retry of its caller."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
@@ -38,7 +65,8 @@ class _OpenRun:
 
     def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
         self.run_id = run_id
-        self.calls = calls  # call key -> (action name, args hash, result data): the successes
+        # call key -> (action name, args hash, result data or _Done): the successes
+        self.calls: dict[str, tuple[str, str, str | bytes | _Done]] = dict(calls)
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
 
@@ -54,7 +82,15 @@ class JournalInterceptor(Interceptor):
     async def intercept_run(self, run: Run[Any], proceed: Proceed) -> Any:
         """Open the run in the journal (or return its recorded result), run it, record its end."""
         journal = self.journal
-        opened = await journal.open_run(run.run_id, body_reference(run.body), run.args, run.kwargs)
+        try:
+            opened = await journal.open_run(
+                run.run_id, body_reference(run.body), run.args, run.kwargs
+            )
+        except BaseException:
+            refused = _REFUSED.get()
+            if refused is not None:
+                refused.append(run.run_id)
+            raise
         if opened.previous == "succeeded":
             return opened.result
         token = self._open.set(_OpenRun(run.run_id, opened.calls))
@@ -89,10 +125,14 @@ class JournalInterceptor(Interceptor):
         data, args_hash = journal.call_args(name, key, call.args, call.kwargs)
         recorded = state.calls.get(key)
         if recorded is not None:
+            stored = recorded[2]
             if recorded[0] != name or recorded[1] != args_hash:
-                raise _mismatch(state.run_id, key, recorded[0], name, args_hash == recorded[1])
+                earlier = isinstance(stored, _Done)
+                raise _mismatch(journal, state.run_id, call, recorded[0], earlier)
             call.replayed = True
-            return journal.load(recorded[2], name, key)
+            if isinstance(stored, _Done):
+                return stored.value
+            return journal.load(stored, name, key)
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
         try:
@@ -128,6 +168,10 @@ class JournalInterceptor(Interceptor):
             result=result,
             attempts=_attempts(state, call),
         )
+        if call.parent_id is not None:
+            # A retry of the caller makes this call again under this key, and it must not run
+            # twice. The body makes each of its calls once, so only nested ones are kept.
+            state.calls[key] = (name, args_hash, _Done(result))
         return result
 
     def intercept_attempt(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
@@ -173,10 +217,32 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # a record that could not be committed: the call fails anyway
 
 
-def _mismatch(run_id: str, key: str, recorded: str, name: str, same_args: bool) -> Exception:
-    what = f"action {name!r}" if recorded != name else f"action {name!r} with other arguments"
+def _mismatch(
+    journal: Journal, run_id: str, call: CallInfo[Any], recorded: str, earlier: bool
+) -> Exception:
+    key = call.call_key
+    kwargs = dict(sorted(call.kwargs.items()))  # in the order the journal shows recorded ones
+    before, after = _differing(_recorded_args(journal, run_id, key), _show(call.args, kwargs))
+    if earlier:
+        return JournalMismatchError(
+            f"run {run_id!r} made action {recorded!r} called with ({before}) at call key "
+            f"{key!r} in an earlier attempt of its caller, and this attempt makes action "
+            f"{call.name!r} called with ({after}) there: a call that succeeded is replayed, "
+            "not run again, so each attempt must make the same calls. Give this call a key "
+            "of its own with keyed(), or make its action with journal=False"
+        )
     return JournalMismatchError(
-        f"run {run_id!r} recorded action {recorded!r} at call key {key!r}, and this run now "
-        f"makes {what} there: the code of the run changed since it was recorded. Resume it with "
-        "the code that recorded it, or start it again under a new run_id"
+        f"run {run_id!r} recorded action {recorded!r} called with ({before}) at call key "
+        f"{key!r}, and this run now makes action {call.name!r} called with ({after}) there: "
+        "the code of the run changed since it was recorded. Resume it with the code that "
+        "recorded it, or start it again under a new run_id"
     )
+
+
+def _recorded_args(journal: Journal, run_id: str, key: str) -> str:
+    # Read back on this failure path only: a resumed run keeps no arguments in memory.
+    try:
+        found = [record.args for record in journal.calls(run_id) if record.call_key == key]
+    except JournalError as exc:
+        return f"unreadable: {exc}"
+    return found[0] if found else "?"

@@ -92,5 +92,7 @@ class JournalMismatchError(JournalError):
     """A run was started again under a run id the journal knows for other work.
 
     Raised by ``SQLiteJournal.open_run`` when the run id is recorded with another body or
-    other arguments. The message names both; nothing in the journal is changed.
+    other arguments, and by an action call of a resumed run when its call key is recorded for
+    another action or other arguments. The message names both; nothing in the journal is
+    changed.
     """

@@ -93,6 +93,11 @@ def prepare(path: str) -> None:
             f"the journal path {path!r} is a directory; give a file path, such as "
             f"{os.path.join(path, 'runs.db')!r}"
         )
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise JournalError(
+            f"the journal path {path!r} is under {folder!r}, which is not a directory; give "
+            "another path"
+        )
     if not os.path.isdir(folder):
         raise JournalError(
             f"the journal path {path!r} is in a directory that does not exist, {folder!r}; "

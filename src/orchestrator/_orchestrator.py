@@ -461,9 +461,17 @@ class Orchestrator(Generic[C]):
         what it raises, after the completion hooks ran. The arguments are checked and the
         context is made here, at the call.
 
+        With a journal, the run is recorded under ``run_id`` (a random id if None). Run again
+        under a recorded id, a run that succeeded returns its recorded result without calling
+        ``body``, and any other resumes: recorded successful calls return their results
+        without running, the rest run live.
+
         Raises:
             TypeError: ``body`` is not callable or ``run_id`` not a str.
             ValueError: ``run_id`` is empty.
+            JournalError: (when awaited, before the body) The run is in progress elsewhere, or
+                its arguments cannot be recorded; ``JournalMismatchError`` if ``run_id`` is
+                recorded for another body or other arguments.
 
         """
         _checks.callable_("body", body)
@@ -523,10 +531,13 @@ class Orchestrator(Generic[C]):
         A run that failed, was cancelled, or whose process died is run again under its run id,
         with its recorded body and arguments: its recorded successful calls are replayed and
         the rest run live. Runs held by a live process, and runs whose body cannot be imported
-        from its recorded ``module:qualname``, are skipped.
+        from its recorded ``module:qualname``, are skipped. Call it on the orchestrator whose
+        actions the bodies call.
 
         Returns:
-            One line per unfinished run, saying what became of it.
+            One line per unfinished run, saying what became of it: ``"<run id>: resumed and
+            finished"``, ``"<run id>: failed again, <error>"`` or ``"<run id>: skipped,
+            <reason>"``.
 
         Raises:
             RuntimeError: The orchestrator has no journal.
@@ -538,6 +549,8 @@ class Orchestrator(Generic[C]):
                 "recover() resumes the runs of a journal, and this orchestrator has none; "
                 "make it with Orchestrator(journal=...)"
             )
+        from ._durable import refusals  # the journal is loaded once an orchestrator has one
+
         outcomes = []
         for record in journal.list_runs():
             if record.status == "succeeded":
@@ -550,13 +563,19 @@ class Orchestrator(Generic[C]):
                 continue
             try:
                 args, kwargs = journal.arguments(run_id)
-                await self.run(body, *args, run_id=run_id, **kwargs)
             except JournalError as exc:
                 outcomes.append(f"{run_id}: skipped, {exc}")
-            except Exception as exc:
-                outcomes.append(f"{run_id}: failed again, {type(exc).__name__}: {exc}")
-            else:
-                outcomes.append(f"{run_id}: resumed and finished")
+                continue
+            with refusals() as refused:
+                try:
+                    await self.run(body, *args, run_id=run_id, **kwargs)
+                except Exception as exc:
+                    if run_id in refused:
+                        outcomes.append(f"{run_id}: skipped, {exc}")
+                    else:
+                        outcomes.append(f"{run_id}: failed again, {type(exc).__name__}: {exc}")
+                else:
+                    outcomes.append(f"{run_id}: resumed and finished")
         return outcomes
 
     # Many at once ------------------------------------------------------------------------
