@@ -121,6 +121,18 @@ def test_demo_keeps_the_journal_it_is_given_for_the_runs_command(
     assert listed[1].split()[2] == "succeeded"
 
 
+def test_demo_refuses_a_journal_that_cannot_be_one_before_any_scenario_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "notes.txt"
+    journal.write_text("not a journal\n")
+    assert main(["demo", "--journal", str(journal)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"python -m orchestrator: error: {str(journal)!r} is not a journal")
+    assert journal.read_text() == "not a journal\n"
+
+
 def test_command_line_without_a_command_prints_usage_and_fails() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "orchestrator"], capture_output=True, text=True, check=False

@@ -6,28 +6,41 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 from ._cli import (
     FAILED,
     UNITS,
-    Age,
     CommandError,
     error,
+    journal_path,
     parse_age,
     prune_command,
     runs_command,
     show_command,
 )
 from ._demo import demo
+from ._errors import JournalError
+
+T = TypeVar("T")
 
 _JOURNAL_HELP = "the journal file, as passed to Orchestrator(journal=...); it must exist"
 
 
-def _age(text: str) -> Age:
-    try:
-        return parse_age(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse type: its ValueError becomes a usage error naming the option."""
+
+    def checked(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return checked
+
+
+_journal = _checked(journal_path)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,15 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_command.add_argument(
         "--journal",
+        type=_journal,
         metavar="PATH",
         help="record the durable scenario in this journal file and keep it (default: a "
         "temporary file, deleted at the end)",
     )
     runs = commands.add_parser("runs", help="list the runs of a journal")
-    runs.add_argument("--journal", required=True, metavar="PATH", help=_JOURNAL_HELP)
+    runs.add_argument("--journal", required=True, type=_journal, metavar="PATH", help=_JOURNAL_HELP)
     show = commands.add_parser("show", help="print one run's calls as a tree")
     show.add_argument("run_id", metavar="RUN_ID", help="the run's id, as the runs command lists it")
-    show.add_argument("--journal", required=True, metavar="PATH", help=_JOURNAL_HELP)
+    show.add_argument("--journal", required=True, type=_journal, metavar="PATH", help=_JOURNAL_HELP)
     show.add_argument("--html", metavar="FILE", help="also write the run's HTML timeline to FILE")
     show.add_argument(
         "--chrome",
@@ -58,16 +72,26 @@ def _parser() -> argparse.ArgumentParser:
         help="also write the run's Chrome trace (for Perfetto or chrome://tracing) to FILE",
     )
     prune = commands.add_parser("prune", help="delete the finished runs older than an age")
-    prune.add_argument("--journal", required=True, metavar="PATH", help=_JOURNAL_HELP)
+    prune.add_argument(
+        "--journal", required=True, type=_journal, metavar="PATH", help=_JOURNAL_HELP
+    )
     prune.add_argument(
         "--older-than",
         required=True,
-        type=_age,
+        type=_checked(parse_age),
         metavar="AGE",
         help=f"delete the runs that ended longer ago than AGE, a number and a unit "
         f"({', '.join(UNITS)}): 30d, 12h, 90m. Runs not ended are kept",
     )
     return parser
+
+
+def _demo(journal: str | None) -> int:
+    try:
+        asyncio.run(demo(journal=journal))
+    except JournalError as exc:  # the journal file given cannot be one
+        return error(str(exc))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     try:
         if options.command == "demo":
-            asyncio.run(demo(journal=options.journal))
-            return 0
+            return _demo(options.journal)
         if options.command == "runs":
             return runs_command(options.journal, out)
         if options.command == "show":

@@ -61,6 +61,18 @@ class Age(NamedTuple):
     """How long it is, in seconds."""
 
 
+def journal_path(text: str) -> str:
+    """Return ``text``, the path of a journal file.
+
+    Raises:
+        ValueError: ``text`` is empty.
+
+    """
+    if not text:
+        raise ValueError("expected the path of a journal file, got ''")
+    return text
+
+
 def parse_age(text: str) -> Age:
     """Return the age written as a number and a unit: ``30d``, ``12h``, ``1.5m``, ``0s``.
 
@@ -86,7 +98,7 @@ def open_journal(path: str) -> SQLiteJournal:
     """Open the existing journal at ``path``.
 
     Raises:
-        CommandError: There is no file at ``path``, or it is not a journal.
+        CommandError: There is no file at ``path``, or it is empty, or not a journal.
 
     """
     # SQLiteJournal creates a missing file; a command that only inspects must never do that.
@@ -94,6 +106,12 @@ def open_journal(path: str) -> SQLiteJournal:
         raise CommandError(
             f"there is no journal at {os.path.abspath(path)!r}: the file does not exist; give "
             "the path that was passed as Orchestrator(journal=...)"
+        )
+    # An empty file would be made a journal by opening it: a write, and most likely a wrong path.
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise CommandError(
+            f"the file {os.path.abspath(path)!r} is empty: no journal was ever recorded in it; "
+            "give the path that was passed as Orchestrator(journal=...)"
         )
     try:
         return SQLiteJournal(path)

@@ -219,76 +219,65 @@ async def api_integration(write: Write) -> None:
     await orchestrator.run(main)
 
 
-async def durable_order(write: Write, journal: str | None = None) -> None:
+async def durable_order(write: Write, store: SQLiteJournal) -> None:
     """Fail a journaled run halfway on a flaky carrier, then resume it under the same run id.
 
     Args:
         write: Where the lines go.
-        journal: The journal file to record the run in, kept afterwards; None for a
-            temporary file, deleted at the end.
+        store: The journal to record the run in.
 
     """
-    async with contextlib.AsyncExitStack() as files:
-        kept = journal is not None
-        if journal is None:
-            folder = files.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-demo-"))
-            journal = os.path.join(folder, "runs.db")
-        # Opening and closing a journal wait for the disk: not on the event loop's thread.
-        store = await asyncio.to_thread(SQLiteJournal, journal)
-        files.push_async_callback(asyncio.to_thread, store.close)
-        orchestrator = show_hooks(Orchestrator(journal=store), write)
-        carrier_up = False
-        charged: list[str] = []
+    orchestrator = show_hooks(Orchestrator(journal=store), write)
+    carrier_up = False
+    charged: list[str] = []
 
-        @orchestrator.action
-        async def reserve_stock(order_id: str) -> str:
-            await asyncio.sleep(0.01)  # the warehouse
-            write(f"    (2 units reserved for {order_id})")
-            return f"reservation-{order_id}"
+    @orchestrator.action
+    async def reserve_stock(order_id: str) -> str:
+        await asyncio.sleep(0.01)  # the warehouse
+        write(f"    (2 units reserved for {order_id})")
+        return f"reservation-{order_id}"
 
-        @orchestrator.action
-        async def charge_card(order_id: str, amount: float) -> str:
-            await asyncio.sleep(0.01)  # the payment provider
-            charged.append(order_id)
-            write(f"    (card charged {amount:.2f} for {order_id})")
-            return f"payment-{order_id}"
+    @orchestrator.action
+    async def charge_card(order_id: str, amount: float) -> str:
+        await asyncio.sleep(0.01)  # the payment provider
+        charged.append(order_id)
+        write(f"    (card charged {amount:.2f} for {order_id})")
+        return f"payment-{order_id}"
 
-        @orchestrator.action(retry=RetryPolicy(retries=1, delay=0.05, jitter=0))
-        async def book_shipping(order_id: str) -> str:
-            await asyncio.sleep(0.01)  # the carrier
-            if not carrier_up:
-                raise ConnectionError("the carrier's booking service is down")
-            return f"label-{order_id}"
+    @orchestrator.action(retry=RetryPolicy(retries=1, delay=0.05, jitter=0))
+    async def book_shipping(order_id: str) -> str:
+        await asyncio.sleep(0.01)  # the carrier
+        if not carrier_up:
+            raise ConnectionError("the carrier's booking service is down")
+        return f"label-{order_id}"
 
-        @orchestrator.action
-        async def send_confirmation(order_id: str, label: str) -> bool:
-            await asyncio.sleep(0.01)  # the mail service
-            write(f"    (confirmation mailed for {order_id}, shipping label {label})")
-            return True
+    @orchestrator.action
+    async def send_confirmation(order_id: str, label: str) -> bool:
+        await asyncio.sleep(0.01)  # the mail service
+        write(f"    (confirmation mailed for {order_id}, shipping label {label})")
+        return True
 
-        async def place_order(order_id: str, amount: float) -> str:
-            await reserve_stock(order_id)
-            await charge_card(order_id, amount)
-            label = await book_shipping(order_id)
-            await send_confirmation(order_id, label)
-            return label
+    async def place_order(order_id: str, amount: float) -> str:
+        await reserve_stock(order_id)
+        await charge_card(order_id, amount)
+        label = await book_shipping(order_id)
+        await send_confirmation(order_id, label)
+        return label
 
-        # A run id of its own each time, so that a kept journal can record the demo again.
-        run_id = f"order-{os.urandom(4).hex()}"
-        try:
-            await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
-        except ConnectionError as exc:
-            write(f"    the run failed halfway: {_describe(exc)}; what succeeded is recorded")
-        write(f"  ...later, with the carrier back, run {run_id} again:")
-        carrier_up = True
-        label = await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
-        write(
-            f"    the run finished with {label!r}; the card was charged {len(charged)} time(s) "
-            "in all, as the payment was replayed, not made again"
-        )
-        await asyncio.to_thread(_report, store, run_id, write)
-        if kept:
-            write(f"  the journal is kept: python -m orchestrator runs --journal {store.path}")
+    # A run id of its own each time, so that a kept journal can record the demo again.
+    run_id = f"order-{os.urandom(4).hex()}"
+    try:
+        await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
+    except ConnectionError as exc:
+        write(f"    the run failed halfway: {_describe(exc)}; what succeeded is recorded")
+    write(f"  ...later, with the carrier back, run {run_id} again:")
+    carrier_up = True
+    label = await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
+    write(
+        f"    the run finished with {label!r}; the card was charged {len(charged)} time(s) "
+        "in all, as the payment was replayed, not made again"
+    )
+    await asyncio.to_thread(_report, store, run_id, write)
 
 
 def _report(journal: SQLiteJournal, run_id: str, write: Write) -> None:
@@ -319,9 +308,22 @@ async def demo(write: Write = print, *, journal: str | None = None) -> None:
         journal: The journal file of the durable run, kept afterwards; None for a temporary
             file, deleted at the end.
 
+    Raises:
+        JournalError: ``journal`` cannot be a journal; raised before any scenario runs.
+
     """
-    for number, (title, scenario) in enumerate(SCENARIOS, 1):
-        write(f"\n== {number}. {title}")
-        await scenario(write)
-    write(f"\n== {len(SCENARIOS) + 1}. {DURABLE}")
-    await durable_order(write, journal)
+    async with contextlib.AsyncExitStack() as files:
+        path = journal
+        if path is None:
+            folder = files.enter_context(tempfile.TemporaryDirectory(prefix="orchestrator-demo-"))
+            path = os.path.join(folder, "runs.db")
+        # Opening and closing a journal wait for the disk: not on the event loop's thread.
+        store = await asyncio.to_thread(SQLiteJournal, path)
+        files.push_async_callback(asyncio.to_thread, store.close)
+        for number, (title, scenario) in enumerate(SCENARIOS, 1):
+            write(f"\n== {number}. {title}")
+            await scenario(write)
+        write(f"\n== {len(SCENARIOS) + 1}. {DURABLE}")
+        await durable_order(write, store)
+        if journal is not None:
+            write(f"  the journal is kept: python -m orchestrator runs --journal {store.path}")
