@@ -227,6 +227,23 @@ def test_runs_names_the_body_when_a_run_failed_outside_any_call(
     assert line_of(out, "lost ").endswith("  the body: ValueError: no such customer")
 
 
+def test_runs_names_the_call_where_a_cancelled_run_was_cancelled(
+    path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def work(journal: SQLiteJournal) -> None:
+        await finished_run(journal, "stopped", started=time.time(), ended=None)
+        await one_call(journal, "stopped", "1", "fetch")
+        await one_call(journal, "stopped", "2", "upload", error=asyncio.CancelledError())
+        await one_call(journal, "stopped", "2.1", "send", error=asyncio.CancelledError())
+        await journal.end_run("stopped", error=asyncio.CancelledError())
+
+    record_by_hand(path, work)
+    _, out, _ = cli(capsys, "runs", "--journal", str(path))
+    fields = line_of(out, "stopped ").split()
+    assert fields[2] == "cancelled"
+    assert fields[-3:] == ["2.1", "send:", "CancelledError"]
+
+
 def test_runs_of_an_empty_journal_says_it_has_no_runs(
     path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -324,22 +324,25 @@ def _fit_last(columns: str, last: str, style: Style) -> str:
 
 
 def _failing(run: RunRecord, calls: Sequence[CallRecord]) -> str:
-    """Where a run that failed or was cancelled failed: the call that raised first, or the body."""
+    """Where a run that failed (or was cancelled) did: the first call to, or else the body."""
     if run.status not in ("failed", "cancelled"):
         return ""
-    failed = {call.call_key for call in calls if call.status == "failed"}
-    # A call fails when a call it made fails: the one whose callees did not fail is the cause.
-    causes = [
-        call
-        for call in calls
-        if call.status == "failed"
-        and not any(key.startswith(call.call_key + ".") for key in failed)
-    ]
-    if causes:
-        first = min(causes, key=lambda call: _key_order(call.call_key))
-        more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
-        return _cut(f"{first.call_key} {first.name}: {first.error or 'failed'}", _LONG) + more
-    return _cut(f"the body: {run.error or run.status}", _LONG)
+    ended = [call for call in calls if call.status == run.status]
+    # A call fails when a call it made fails: the one none of whose callees did is the cause.
+    callers = {key for call in ended for key in _leading_keys(call.call_key)}
+    causes = [call for call in ended if call.call_key not in callers]
+    if not causes:
+        return _cut(f"the body: {run.error or run.status}", _LONG)
+    first = min(causes, key=lambda call: _key_order(call.call_key))
+    more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
+    return _cut(f"{first.call_key} {first.name}: {first.error or run.status}", _LONG) + more
+
+
+def _leading_keys(key: str) -> Iterator[str]:
+    """The keys of the calls that ``key`` was made in: ``"3.2.1"`` gives ``"3.2"`` and ``"3"``."""
+    while "." in key:
+        key = key.rpartition(".")[0]
+        yield key
 
 
 def show_lines(run: RunRecord, calls: Sequence[CallRecord], style: Style) -> list[str]:
