@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import reprlib
 import tempfile
 import time
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._cli import Style, show_lines
 from ._errors import ActionTimeout
 from ._events import (
     ProcessBeginEvent,
@@ -23,6 +26,7 @@ from ._events import (
     TaskErrorEvent,
     TaskRetryEvent,
 )
+from ._journal import SQLiteJournal
 from ._orchestrator import Orchestrator
 from ._retry import RetryPolicy
 from .timeline import Timeline
@@ -61,7 +65,9 @@ def show_hooks(orchestrator: Orchestrator[C], write: Write) -> Orchestrator[C]:
         return f"{event.name}({args})"
 
     def process_begin(event: ProcessBeginEvent[C]) -> None:
-        write(f"  {'process begin':18} run {event.run_id[:8]} at {event.time:%H:%M:%S.%f} UTC")
+        # A generated run id is 32 hex digits: its start tells runs apart well enough here.
+        run_id = event.run_id if len(event.run_id) <= 16 else event.run_id[:8]
+        write(f"  {'process begin':18} run {run_id} at {event.time:%H:%M:%S.%f} UTC")
 
     def task_begin(event: TaskBeginEvent[C]) -> None:
         parent = "" if event.parent_id is None else f" (inside #{event.parent_id})"
@@ -78,9 +84,10 @@ def show_hooks(orchestrator: Orchestrator[C], write: Write) -> Orchestrator[C]:
 
     def task_completion(event: TaskCompletionEvent[C]) -> None:
         outcome = f"-> {_short(event.result)}" if event.error is None else _describe(event.error)
+        how = "replayed from the journal" if event.replayed else f"{event.attempts} attempt(s)"
         write(
             f"  {'task completion':18} #{event.task_id} {event.name} {outcome} "
-            f"[{event.attempts} attempt(s), {event.duration:.1f} ms]"
+            f"[{how}, {event.duration:.1f} ms]"
         )
 
     def process_error(event: ProcessErrorEvent[C]) -> None:
@@ -221,25 +228,123 @@ async def api_integration(write: Write) -> None:
     await orchestrator.run(main)
 
 
+async def durable_order(write: Write, store: SQLiteJournal) -> None:
+    """Fail a journaled run halfway on a flaky carrier, then resume it under the same run id.
+
+    Args:
+        write: Where the lines go.
+        store: The journal to record the run in.
+
+    """
+    orchestrator = show_hooks(Orchestrator(journal=store), write)
+    carrier_up = False
+    charged: list[str] = []
+
+    @orchestrator.action
+    async def reserve_stock(order_id: str) -> str:
+        await asyncio.sleep(0.01)  # the warehouse
+        write(f"    (2 units reserved for {order_id})")
+        return f"reservation-{order_id}"
+
+    @orchestrator.action
+    async def charge_card(order_id: str, amount: float) -> str:
+        await asyncio.sleep(0.01)  # the payment provider
+        charged.append(order_id)
+        write(f"    (card charged {amount:.2f} for {order_id})")
+        return f"payment-{order_id}"
+
+    @orchestrator.action(retry=RetryPolicy(retries=1, delay=0.05, jitter=0))
+    async def book_shipping(order_id: str) -> str:
+        await asyncio.sleep(0.01)  # the carrier
+        if not carrier_up:
+            raise ConnectionError("the carrier's booking service is down")
+        return f"label-{order_id}"
+
+    @orchestrator.action
+    async def send_confirmation(order_id: str, label: str) -> bool:
+        await asyncio.sleep(0.01)  # the mail service
+        write(f"    (confirmation mailed for {order_id}, shipping label {label})")
+        return True
+
+    async def place_order(order_id: str, amount: float) -> str:
+        await reserve_stock(order_id)
+        await charge_card(order_id, amount)
+        label = await book_shipping(order_id)
+        await send_confirmation(order_id, label)
+        return label
+
+    # A run id of its own each time, so that a kept journal can record the demo again.
+    run_id = f"order-{os.urandom(4).hex()}"
+    try:
+        await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
+    except ConnectionError as exc:
+        write(f"    the run failed halfway: {_describe(exc)}; what succeeded is recorded")
+    write(f"  ...later, with the carrier back, run {run_id} again:")
+    carrier_up = True
+    label = await orchestrator.run(place_order, run_id, 42.0, run_id=run_id)
+    write(
+        f"    the run finished with {label!r}; the card was charged {len(charged)} time(s) "
+        "in all, as the payment was replayed, not made again"
+    )
+    await asyncio.to_thread(_report, store, run_id, write)
+
+
+def _report(journal: SQLiteJournal, run_id: str, write: Write) -> None:
+    """What the demo shows of a finished run: its calls as ``python -m orchestrator show`` does."""
+    run = next(run for run in journal.list_runs() if run.run_id == run_id)
+    write("  the run, as python -m orchestrator show prints it:")
+    for line in show_lines(run, journal.calls(run_id), Style()):
+        write(f"    {line}" if line else "")
+
+
 SCENARIOS = (
     ("Inventory check and team notification", inventory),
     ("Profile and shipping options in parallel", profile_and_shipping),
     ("API integration with a typed context, a retry and a timeout", api_integration),
 )
-"""Each scenario's title and coroutine function, in the order the demo runs them."""
+"""Each scenario's title and coroutine function, in the order the demo runs them, before the
+durable run."""
+
+DURABLE = "A durable run: a flaky carrier fails it halfway, and it resumes later"
+"""The title of the last scenario, ``durable_order``."""
 
 
-async def demo(write: Write = print, timeline_dir: Path | None = None) -> None:
+async def demo(
+    write: Write = print, *, journal: str | None = None, timeline_dir: Path | None = None
+) -> None:
     """Run every scenario, printing the hooks as they fire; then write each run's timeline.
 
-    The timelines go to ``timeline_dir``, by default a new temporary directory.
+    Args:
+        write: Where the lines go.
+        journal: The journal file of the durable run, kept afterwards; None for a temporary
+            file, deleted at the end.
+        timeline_dir: Where the HTML timeline of each run goes; None for a new temporary
+            directory.
+
+    Raises:
+        JournalError: ``journal`` cannot be a journal; raised before any scenario runs.
+
     """
     timelines: list[Timeline] = []
     token = _timelines.set(timelines)
     try:
-        for number, (title, scenario) in enumerate(SCENARIOS, 1):
-            write(f"\n== {number}. {title}")
-            await scenario(write)
+        async with contextlib.AsyncExitStack() as files:
+            path = journal
+            if path is None:
+                folder = files.enter_context(
+                    tempfile.TemporaryDirectory(prefix="orchestrator-demo-")
+                )
+                path = os.path.join(folder, "runs.db")
+            # Opening and closing a journal wait for the disk: not on the event loop's thread.
+            store = await asyncio.to_thread(SQLiteJournal, path)
+            files.push_async_callback(asyncio.to_thread, store.close)
+            for number, (title, scenario) in enumerate(SCENARIOS, 1):
+                write(f"\n== {number}. {title}")
+                await scenario(write)
+            write(f"\n== {len(SCENARIOS) + 1}. {DURABLE}")
+            await durable_order(write, store)
+            if journal is not None:
+                write(f"  the journal is kept: python -m orchestrator runs --journal {store.path}")
     finally:
         _timelines.reset(token)
     if timeline_dir is None:
@@ -250,5 +355,5 @@ async def demo(write: Write = print, timeline_dir: Path | None = None) -> None:
     for timeline in timelines:
         timeline.close()
         for run_id in timeline.run_ids():
-            path = timeline.to_html(timeline_dir / f"run-{next(count)}-{run_id[:8]}.html", run_id)
-            write(f"  {path}")
+            page = timeline.to_html(timeline_dir / f"run-{next(count)}-{run_id[:8]}.html", run_id)
+            write(f"  {page}")
