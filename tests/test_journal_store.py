@@ -1004,3 +1004,23 @@ def test_closing_waits_for_records_handed_to_the_writer(path: Path) -> None:
     asyncio.run(scenario())
     with SQLiteJournal(path) as reopened:
         assert len(reopened.calls("r")) == 3
+
+
+def test_calls_come_back_in_key_order_with_explicit_parts_after_positions(tmp_path: Path) -> None:
+    from orchestrator import Orchestrator
+
+    orch = Orchestrator(journal=tmp_path / "runs.db")
+
+    @orch.action
+    async def fetch(user: str) -> str:
+        return user
+
+    async def body() -> None:
+        for index in range(11):
+            await fetch(f"u{index}")
+        await fetch.keyed("alice")("alice")
+
+    orch.run_sync(body, run_id="keyed")
+    assert orch.journal is not None
+    keys = [call.call_key for call in orch.journal.calls("keyed")]
+    assert keys == [str(n) for n in range(1, 12)] + ["alice"]

@@ -27,7 +27,7 @@ from typing import NamedTuple, TextIO
 from . import _timeline
 from ._errors import JournalError
 from ._journal import SQLiteJournal
-from ._records import AttemptRecord, CallRecord, RunRecord
+from ._records import AttemptRecord, CallRecord, RunRecord, key_order
 
 OK = 0
 """Exit status of a command that did what it was asked."""
@@ -333,7 +333,7 @@ def _failing(run: RunRecord, calls: Sequence[CallRecord]) -> str:
     causes = [call for call in ended if call.call_key not in callers]
     if not causes:
         return _cut(f"the body: {run.error or run.status}", _LONG)
-    first = min(causes, key=lambda call: _key_order(call.call_key))
+    first = min(causes, key=lambda call: key_order(call.call_key))
     more = f" (and {len(causes) - 1} more)" if len(causes) > 1 else ""
     return _cut(f"{first.call_key} {first.name}: {first.error or run.status}", _LONG) + more
 
@@ -445,7 +445,7 @@ def _tree_rows(calls: Sequence[CallRecord], style: Style) -> Iterator[_TreeRow]:
     for call in calls:
         children.setdefault(_drawn_parent(call, known), []).append(call)
     for siblings in children.values():
-        siblings.sort(key=lambda call: _key_order(call.call_key))
+        siblings.sort(key=lambda call: key_order(call.call_key))
     # A stack rather than recursion: a chain of nested calls may be deeper than Python's limit.
     # Each entry: the call, the guides before it, whether it is its parent's last child.
     stack: list[tuple[CallRecord, str, bool, bool]] = []
@@ -473,11 +473,6 @@ def _drawn_parent(call: CallRecord, known: set[str]) -> str | None:
     while key is not None and key not in known:
         key = key.rpartition(".")[0] or None
     return key
-
-
-def _key_order(key: str) -> tuple[tuple[int, int, str], ...]:
-    # Numerically, so that "2.10" follows "2.9"; an explicit part (action.keyed) after numbers.
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))
 
 
 # Text -------------------------------------------------------------------------------------

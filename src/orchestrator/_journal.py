@@ -661,7 +661,7 @@ class SQLiteJournal:
                     bool(again),
                 )
             )
-        records.sort(key=lambda record: [int(part) for part in record.call_key.split(".")])
+        records.sort(key=lambda record: _records.key_order(record.call_key))
         return records
 
     def arguments(self, run_id: str) -> tuple[tuple[Any, ...], dict[str, Any]]:

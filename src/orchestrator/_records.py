@@ -75,3 +75,13 @@ class RunRecord:
     """Display or serialized text of the result of a run that succeeded."""
     error: str | None = None
     """``"TypeName: message"`` of a run that failed or was cancelled."""
+
+
+def key_order(call_key: str) -> tuple[tuple[int, int, str], ...]:
+    """A sort key for call keys: positions in numeric order, then explicit parts in text order.
+
+    ``"2.10"`` comes after ``"2.9"``, and ``"2.alice"`` (from ``action.keyed``) after both.
+    """
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in call_key.split(".")
+    )

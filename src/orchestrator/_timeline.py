@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import _checks
-from ._records import AttemptRecord, CallRecord, RunRecord
+from ._records import AttemptRecord, CallRecord, RunRecord, key_order
 
 SHORT_LENGTH = 200
 """The most characters of a value from outside shown at once, the ellipsis included."""
@@ -220,21 +220,14 @@ def _instants(run: RunRecord, calls: Sequence[CallRecord]) -> Iterator[float]:
                 yield attempt.ended
 
 
-def _key_order(call: CallRecord) -> tuple[tuple[int, int, str], ...]:
-    # Positions in numeric order, then explicit parts in text order.
-    return tuple(
-        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in call.call_key.split(".")
-    )
-
-
 def _tree(calls: Sequence[CallRecord]) -> list[_Row]:
-    """The calls depth first, each under its parent, siblings in key order (see _key_order)."""
+    """The calls depth first, each under its parent, siblings in key order (see key_order)."""
     known = {call.call_key for call in calls}
     children: dict[str | None, list[CallRecord]] = {}
     for call in calls:
         children.setdefault(_drawn_parent(call, known), []).append(call)
     for siblings in children.values():
-        siblings.sort(key=_key_order)
+        siblings.sort(key=lambda call: key_order(call.call_key))
     rows: list[_Row] = []
     # A stack rather than recursion: a chain of nested calls may be deeper than Python's limit.
     stack = [_Row(call, 0, None) for call in reversed(children.get(None, []))]
