@@ -257,6 +257,26 @@ def test_replayed_calls_complete_with_replayed_true_and_live_calls_with_false(
     ]
 
 
+def test_the_journal_marks_the_calls_a_resume_replayed_and_keeps_their_outcomes(
+    orch: Orchestrator[State], steps: Steps
+) -> None:
+    steps.failing.add(3)
+    with pytest.raises(ConnectionError):
+        asyncio.run(orch.run(steps.body, 3, run_id="r"))
+    before = {c.call_key: c for c in journal_of(orch).calls("r")}
+    steps.failing.clear()
+    asyncio.run(orch.run(steps.body, 3, run_id="r"))
+    after = {c.call_key: c for c in journal_of(orch).calls("r")}
+    assert [(key, c.replayed) for key, c in sorted(after.items())] == [
+        ("1", True),
+        ("2", True),
+        ("3", False),
+    ]
+    for key in ("1", "2"):
+        kept = (before[key].result, before[key].started, before[key].ended, before[key].args)
+        assert (after[key].result, after[key].started, after[key].ended, after[key].args) == kept
+
+
 def test_cancelled_run_resumes_from_the_first_unrecorded_call(
     orch: Orchestrator[State], steps: Steps
 ) -> None:

@@ -61,7 +61,7 @@ class _Done:
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
-    __slots__ = ("calls", "keys", "run_id", "tries")
+    __slots__ = ("calls", "keys", "replayed", "run_id", "tries")
 
     def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
         self.run_id = run_id
@@ -69,6 +69,7 @@ class _OpenRun:
         self.calls: dict[str, tuple[str, str, str | bytes | _Done]] = dict(calls)
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
+        self.replayed: list[str] = []  # keys of the calls replayed from the file, to mark there
 
 
 class JournalInterceptor(Interceptor):
@@ -93,14 +94,17 @@ class JournalInterceptor(Interceptor):
             raise
         if opened.previous == "succeeded":
             return opened.result
-        token = self._open.set(_OpenRun(run.run_id, opened.calls))
+        state = _OpenRun(run.run_id, opened.calls)
+        token = self._open.set(state)
         try:
             result = await proceed()
         except BaseException as exc:
+            await _mark(journal, state)
             await journal.end_run(run.run_id, error=exc)
             raise
         finally:
             self._open.reset(token)
+        await _mark(journal, state)
         try:
             await journal.end_run(run.run_id, result=result)
         except JournalError as exc:
@@ -132,6 +136,7 @@ class JournalInterceptor(Interceptor):
             call.replayed = True
             if isinstance(stored, _Done):
                 return stored.value
+            state.replayed.append(key)
             return journal.load(stored, name, key)
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
@@ -210,6 +215,14 @@ def _attempts(state: _OpenRun, call: CallInfo[Any]) -> tuple[AttemptRecord, ...]
 def _describe(error: BaseException) -> str:
     message = str(error)
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+async def _mark(journal: Journal, state: _OpenRun) -> None:
+    # Which records this resume replayed, in one statement when the run ends: marking each
+    # call as it is replayed would cost a commit per replay.
+    if state.replayed:
+        await journal.mark_replayed(state.run_id, state.replayed)
+        state.replayed = []
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -196,6 +196,10 @@ class Journal(Protocol):
         """Record a call's outcome; the awaitable completes once it is committed."""
         ...
 
+    def mark_replayed(self, run_id: str, call_keys: Sequence[str]) -> Awaitable[None]:
+        """Mark the records of ``call_keys`` as replayed by the latest resume of the run."""
+        ...
+
     def load(self, data: str | bytes, action: str, call_key: str) -> Any:
         """Return a recorded result."""
         ...
@@ -581,6 +585,18 @@ class SQLiteJournal:
                 text,
                 replayed,
             ),
+        )
+
+    def mark_replayed(self, run_id: str, call_keys: Sequence[str]) -> Awaitable[None]:
+        """Mark the records at ``call_keys`` as replayed by the latest resume of run ``run_id``.
+
+        Only that flag changes: the recorded outcome stays as it was. Await the result to know
+        it is committed.
+        """
+        return self._submit(
+            "UPDATE calls SET replayed = 1 WHERE run_id = ? AND call_key IN"
+            " (SELECT value FROM json_each(?))",
+            (run_id, json.dumps(list(call_keys))),
         )
 
     def load(self, data: str | bytes, action: str, call_key: str) -> Any:
