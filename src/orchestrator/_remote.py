@@ -15,6 +15,9 @@ from typing import Any
 
 _where: contextvars.ContextVar[str] = contextvars.ContextVar("orchestrator-remote")
 
+WORKER_PROCESS = "a worker process"
+"""Where a function sent to a process pool runs, as ``get_state()`` says."""
+
 
 def call_remote(
     where: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
