@@ -8,7 +8,8 @@ has not started and stops waiting for it if it has; what "stop" means depends on
 and no executor can interrupt a sync function that is already running.
 
 ``Orchestrator(executor=...)`` sets the executor of an orchestrator's sync actions;
-``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop.
+``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop:
+none of the executors here runs coroutines.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, runtime_checkable
 
 from . import _checks, _threads
+from ._processes import ProcessExecutor
 from ._remote import WORKER_PROCESS, call_remote
 
 
@@ -155,4 +157,4 @@ def as_executor(name: str, value: object) -> Executor:
     )
 
 
-__all__ = ["Executor", "FuturesExecutor", "InlineExecutor", "ThreadExecutor"]
+__all__ = ["Executor", "FuturesExecutor", "InlineExecutor", "ProcessExecutor", "ThreadExecutor"]
