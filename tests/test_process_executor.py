@@ -38,6 +38,8 @@ FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
 def executor() -> Iterator[ProcessExecutor]:
     with ProcessExecutor(max_workers=2) as shared:
         yield shared
+    # Every test closed what it started: no worker of this module outlives it.
+    assert multiprocessing.active_children() == []
 
 
 class Counting:
