@@ -20,11 +20,13 @@ import contextvars
 import functools
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import _checks, _threads
-from ._processes import ProcessExecutor
 from ._remote import WORKER_PROCESS, call_remote
+
+if TYPE_CHECKING:
+    from ._processes import ProcessExecutor
 
 
 @runtime_checkable
@@ -155,6 +157,16 @@ def as_executor(name: str, value: object) -> Executor:
         f"{name} must be an Executor (an object with a run(fn, args, kwargs) method, such as "
         f"ThreadExecutor) or a concurrent.futures.Executor, got {value!r}"
     )
+
+
+def __getattr__(name: str) -> Any:
+    # ProcessExecutor's module loads at its first use, so that `import orchestrator` does not
+    # pay for it.
+    if name == "ProcessExecutor":
+        from ._processes import ProcessExecutor
+
+        return ProcessExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Executor", "FuturesExecutor", "InlineExecutor", "ProcessExecutor", "ThreadExecutor"]
