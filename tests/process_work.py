@@ -70,11 +70,12 @@ def touch(path: str) -> None:
     Path(path).touch()
 
 
-def announce_then_wait(started: str, gate: str, done: str) -> None:
-    """Make ``started``, wait for ``gate``, then make ``done``."""
+def announce_then_wait(started: str, gate: str, done: str) -> int:
+    """Make ``started``, wait for ``gate``, then make ``done``; return this process's id."""
     touch(started)
     wait_for(gate)
     touch(done)
+    return os.getpid()
 
 
 def fail_once(path: str) -> str:

@@ -465,6 +465,33 @@ def test_close_stops_the_workers_and_later_calls_are_refused_naming_the_action()
     single.close()  # again: nothing to do
 
 
+def test_close_fails_the_calls_still_waiting_for_a_worker_and_waits_for_the_running_one(
+    tmp_path: Path,
+) -> None:
+    started, gate, done = tmp_path / "started", tmp_path / "gate", tmp_path / "done"
+    late = tmp_path / "late-ran"
+    single = ProcessExecutor(max_workers=1)
+    orch = Orchestrator(executor=single)
+    hold = orch.action(process_work.announce_then_wait)
+    queued = orch.action(process_work.touch, name="queued")
+
+    async def body() -> int:
+        holder = asyncio.ensure_future(hold(str(started), str(gate), str(done)))
+        await asyncio.to_thread(wait_until_exists, started)
+        waiting = asyncio.ensure_future(queued(str(late)))
+        await asyncio.sleep(0)  # it waits for the only worker
+        closing = asyncio.ensure_future(asyncio.to_thread(single.close))
+        with pytest.raises(RuntimeError, match=r"^cannot run action 'queued': .* was closed"):
+            await waiting
+        gate.touch()
+        await closing
+        return await holder
+
+    worker = orch.run_sync(body)  # the running call ended with its result
+    assert worker not in worker_pids()
+    assert not late.exists()
+
+
 EXIT_SCRIPT = """
 import sys
 sys.path[:0] = [{here!r}, {src!r}]

@@ -261,7 +261,7 @@ def _settle(waiter: asyncio.Future[Any], future: concurrent.futures.Future[Any])
         waiter.set_result(future)
 
 
-def _fail(waiter: asyncio.Future[Any], error: BaseException) -> None:
+def _reject(waiter: asyncio.Future[Any], error: BaseException) -> None:
     if not waiter.done():
         waiter.set_exception(error)
 
@@ -385,7 +385,7 @@ class ProcessExecutor:
             starter = self._starter
             waiting, self._waiting = self._waiting, collections.deque()
         for job in waiting:
-            self._refuse(job, self._closed_error(job.name))
+            self._fail(job, self._closed_error(job.name))  # they had no place to give on
         if starter is not None:
             starter.join()  # it stops the pool it started, seeing the executor closed
         if pool is not None:
@@ -487,12 +487,15 @@ class ProcessExecutor:
 
     def _refuse(self, job: _Job, error: BaseException) -> None:
         """Fail a call that was never sent, and give its place on."""
+        self._fail(job, error)
+        self._pass_on()
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
         waiter = None if job.abandoned else job.waiter
         if waiter is not None:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
-                job.loop.call_soon_threadsafe(_fail, waiter, error)
+                job.loop.call_soon_threadsafe(_reject, waiter, error)
         job.forget()
-        self._pass_on()
 
     def _hand_over(self, job: _Job) -> None:
         """Send ``job``, which has a place, from its loop's thread."""
@@ -519,11 +522,13 @@ class ProcessExecutor:
         with self._lock:
             self._sent.discard(job)
             waiter = None if job.abandoned else job.waiter
+        loop = job.loop
+        job.forget()
+        # The place first: once the caller has the outcome, its next call finds it free.
+        self._pass_on()
         if waiter is not None:
             with contextlib.suppress(RuntimeError):  # its loop closed: nobody waits
-                job.loop.call_soon_threadsafe(_settle, waiter, future)
-        job.forget()
-        self._pass_on()
+                loop.call_soon_threadsafe(_settle, waiter, future)
 
     def _pass_on(self) -> None:
         """Give the place of a call that left to the next waiting one, or free it."""
