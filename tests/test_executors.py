@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from orchestrator import ActionTimeout, Orchestrator
+import process_work
+from orchestrator import ActionTimeout, Orchestrator, OutsideRunError
 from orchestrator.executors import Executor, FuturesExecutor, InlineExecutor, ThreadExecutor
 
 
@@ -164,3 +166,14 @@ def test_max_threads_must_be_a_positive_int() -> None:
         ThreadExecutor(1.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_threads must be 1 or more"):
         ThreadExecutor(0)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_process_pool_never_reads_the_copy_of_the_run_context_it_inherits() -> None:
+    # The pool forks its worker inside the run, which copies the run's context: the function
+    # must not see it.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        reads = process_work.orch.action(process_work.read_state, executor=pool)
+        with pytest.raises(OutsideRunError, match="running in a worker process"):
+            process_work.orch.run_sync(reads)

@@ -27,6 +27,7 @@ from . import _checks
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
 from ._interceptors import CallInfo
+from ._remote import UnnamedError
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run, restart
 from ._timeout import limited
@@ -552,7 +553,11 @@ class Action(Generic[P, R]):
         return limited(self._start(*args, **kwargs), limit, self.name, by_deadline)
 
     async def _submit(self, *args: Any, **kwargs: Any) -> Any:
-        result = await self._executor.run(self._fn, args, kwargs)  # type: ignore[union-attr]
+        try:
+            result = await self._executor.run(self._fn, args, kwargs)  # type: ignore[union-attr]
+        except UnnamedError as exc:
+            # The executor knows the function, not the action: its message gets the name here.
+            raise exc.named(self.name) from exc.__cause__
         if inspect.isawaitable(result):
             # A sync function may return an awaitable (made by a factory, say): await it.
             result = await result

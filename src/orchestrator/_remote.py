@@ -15,6 +15,9 @@ from typing import Any
 
 _where: contextvars.ContextVar[str] = contextvars.ContextVar("orchestrator-remote")
 
+WORKER_PROCESS = "a worker process"
+"""Where a function sent to a process pool runs, as ``get_state()`` says."""
+
 
 def call_remote(
     where: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -31,3 +34,24 @@ def call_remote(
 def remote_place() -> str | None:
     """Where the current code runs if it is work sent away by an executor, else None."""
     return _where.get(None)
+
+
+class UnnamedError(Exception):
+    """An executor's failure whose message must name the action: the action raises ``named()``.
+
+    An executor receives a function and its arguments, not the action they belong to. When its
+    error has to say which action failed (a function that cannot be pickled, a worker process
+    that died), it raises this instead, ``from`` the root cause, and the action raises in its
+    place ``kind(f"{head}{name!r}{tail}")`` from the same cause.
+    """
+
+    def __init__(self, kind: type[Exception], head: str, tail: str, fallback: str) -> None:
+        # Seen only when an executor is used without an action: the function's name stands in.
+        super().__init__(f"{head}{fallback!r}{tail}")
+        self.kind = kind
+        self.head = head
+        self.tail = tail
+
+    def named(self, action: str) -> Exception:
+        """The error to raise for the action named ``action``."""
+        return self.kind(f"{self.head}{action!r}{self.tail}")

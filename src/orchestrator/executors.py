@@ -8,7 +8,8 @@ has not started and stops waiting for it if it has; what "stop" means depends on
 and no executor can interrupt a sync function that is already running.
 
 ``Orchestrator(executor=...)`` sets the executor of an orchestrator's sync actions;
-``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop.
+``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop:
+none of the executors here runs coroutines.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import _checks, _threads
+from ._remote import WORKER_PROCESS, call_remote
+
+if TYPE_CHECKING:
+    from ._processes import ProcessExecutor
 
 
 @runtime_checkable
@@ -98,8 +104,10 @@ class FuturesExecutor:
     """Runs functions on a ``concurrent.futures.Executor`` the application already has.
 
     ``Orchestrator(executor=pool)`` wraps a ``ThreadPoolExecutor`` or ``ProcessPoolExecutor``
-    in one of these. For a thread pool, the call's context variables go with the function; a
-    queued call that nobody waits for any more is withdrawn from the pool's queue.
+    in one of these. For a thread pool, the call's context variables go with the function; in
+    a process pool the function runs in an empty context, where ``get_state()`` says that the
+    context stays with the run (a copy inherited by a forked worker is never read). A queued
+    call that nobody waits for any more is withdrawn from the pool's queue.
     """
 
     def __init__(self, executor: concurrent.futures.Executor) -> None:
@@ -108,6 +116,11 @@ class FuturesExecutor:
         self.executor = executor
         """The wrapped executor."""
         self._threads = isinstance(executor, concurrent.futures.ThreadPoolExecutor)
+        # A process pool's module is loaded by now if the executor is one: no import needed.
+        processes = sys.modules.get("concurrent.futures.process")
+        self._processes = processes is not None and isinstance(
+            executor, processes.ProcessPoolExecutor
+        )
 
     def __repr__(self) -> str:
         return f"FuturesExecutor({self.executor!r})"
@@ -116,6 +129,10 @@ class FuturesExecutor:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Awaitable[Any]:
         """Submit ``fn(*args, **kwargs)`` to the wrapped executor."""
+        if self._processes:
+            return asyncio.get_running_loop().run_in_executor(
+                self.executor, call_remote, WORKER_PROCESS, fn, args, kwargs
+            )
         if kwargs:
             fn = functools.partial(fn, **kwargs)
         if self._threads:
@@ -142,4 +159,14 @@ def as_executor(name: str, value: object) -> Executor:
     )
 
 
-__all__ = ["Executor", "FuturesExecutor", "InlineExecutor", "ThreadExecutor"]
+def __getattr__(name: str) -> Any:
+    # ProcessExecutor's module loads at its first use, so that `import orchestrator` does not
+    # pay for it.
+    if name == "ProcessExecutor":
+        from ._processes import ProcessExecutor
+
+        return ProcessExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Executor", "FuturesExecutor", "InlineExecutor", "ProcessExecutor", "ThreadExecutor"]

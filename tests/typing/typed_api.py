@@ -18,7 +18,7 @@ from orchestrator import (
     TaskBeginEvent,
     TaskCompletionEvent,
 )
-from orchestrator.executors import ThreadExecutor
+from orchestrator.executors import ProcessExecutor, ThreadExecutor
 
 
 @dataclass
@@ -145,3 +145,9 @@ class Timing(Interceptor):
 
 executed = Orchestrator(executor=ThreadExecutor(max_threads=8)).add_interceptor(Timing())
 assert_type(executed, Orchestrator[State])
+
+# ProcessExecutor loads lazily at run time; to the type checker it is the class itself.
+on_processes = ProcessExecutor(max_workers=2, start_method="spawn")
+assert_type(on_processes.max_workers, int)
+assert_type(Orchestrator(executor=on_processes), Orchestrator[State])
+ProcessExecutor(max_workers="2")  # type: ignore[arg-type]
