@@ -34,11 +34,14 @@ def body_reference(body: Callable[..., Any]) -> str:
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
-    __slots__ = ("calls", "keys", "run_id", "tries")
+    __slots__ = ("calls", "done", "keys", "run_id", "tries")
 
     def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
         self.run_id = run_id
         self.calls = calls  # call key -> (action name, args hash, result data): the successes
+        # call key -> (action name, args hash, result) of each nested call that succeeded in
+        # this process: a later attempt of its caller makes it again under the same key.
+        self.done: dict[str, tuple[str, str, Any]] = {}
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
 
@@ -93,7 +96,18 @@ class JournalInterceptor(Interceptor):
                 raise _mismatch(state.run_id, key, recorded[0], name, args_hash == recorded[1])
             call.replayed = True
             return journal.load(recorded[2], name, key)
-        parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
+        parent_id = call.parent_id
+        if parent_id is not None:
+            earlier = state.done.get(key)
+            if earlier is not None:
+                if earlier[0] == name and earlier[1] == args_hash:
+                    # Recorded by an earlier attempt of a caller: replayed, as on a resume,
+                    # rather than run again and its record overwritten by a later outcome.
+                    # The object it returned comes back: a copy would cost every success.
+                    call.replayed = True
+                    return earlier[2]
+                del state.done[key]  # another call now: its outcome replaces the record
+        parent = state.keys.get(parent_id) if parent_id is not None else None
         started = time.time()
         try:
             result = await proceed()
@@ -128,6 +142,9 @@ class JournalInterceptor(Interceptor):
             result=result,
             attempts=_attempts(state, call),
         )
+        if parent_id is not None:
+            # Only a nested call can be made again in this run: by a retried caller's attempt.
+            state.done[key] = (name, args_hash, result)
         return result
 
     def intercept_attempt(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
