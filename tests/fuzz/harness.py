@@ -1,14 +1,23 @@
-"""Run a scenario for real, on a virtual-time loop, and record everything that happened."""
+"""Run a scenario for real, on a virtual-time loop, and record everything that happened.
+
+With a journal, calls take JSON arguments (their site's number) instead of a `Token`, so that
+the journal can record them and a resume can tell each call again; the harness finds the
+token of a call from its begin event. An execution can also be stopped, as a process that dies,
+at a virtual instant or a few loop turns after an attempt ends (between a call's return and
+the commit of its record, say): nothing after that reaches the journal.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import itertools
 import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +67,13 @@ _attempt: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("atte
 class Token:
     """The argument of one call: says which site it is, in which run."""
 
-    __slots__ = ("run_id", "serial", "site")
+    __slots__ = ("key", "run_id", "serial", "site")
 
     def __init__(self, site: int, run_id: str) -> None:
         self.site = site
         self.run_id = run_id
         self.serial = next(_serials)
+        self.key = ""  # the call key, once the call began
 
     def __repr__(self) -> str:
         return f"<call of s{self.site}>"
@@ -93,6 +103,10 @@ class GroupRecord:
     ended: bool = False
 
 
+def _nothing() -> None:
+    pass
+
+
 @dataclass
 class Observation:
     """What a scenario did."""
@@ -112,23 +126,67 @@ class Observation:
     plains: list[PlainRecord] = field(default_factory=list)
     # What a raising completion hook made a call raise, by the call's token serial.
     completion_raised: dict[int, BaseException] = field(default_factory=dict)
+    # With a journal: the token of each call made and not yet begun, by (run id, site).
+    journaled: bool = False
+    made: dict[tuple[str, int], Token] = field(default_factory=dict)
+    by_serial: dict[int, Token] = field(default_factory=dict)
+    # Each attempt that ran an action's function before any stop: (token, attempt, how many
+    # records there were then, to place it among the events).
+    executions: list[tuple[Token, int, int]] = field(default_factory=list)
+    stopped: bool = False  # the execution was stopped: later records are its cleanup
+    stopped_at_record: int = 0  # how many records there were when it stopped
+    # Called as each attempt returns or raises, from the loop or a worker thread.
+    attempt_ended: Callable[[], None] = _nothing
 
 
-def execute(scenario: Scenario) -> Observation:
+def execute(
+    scenario: Scenario,
+    journal: str | None = None,
+    stop_at: float | None = None,
+    stop_after: tuple[int, int] | None = None,
+) -> Observation:
     """Run every run of ``scenario`` concurrently on one orchestrator, and observe.
 
     The orchestrator runs many sync actions at once: the virtual clock stands still while a
     job waits for a worker thread, so every parked thread needs one.
+
+    Args:
+        scenario: The runs, and when each is cancelled from outside.
+        journal: The path of the journal file the orchestrator records its runs in, if any.
+        stop_at: The virtual instant the event loop stops at, as if the process died there:
+            the journal is closed at once, so that nothing more is recorded, and the runs are
+            cancelled to clean up. Needs a journal.
+        stop_after: ``(count, turns)``: stop so ``turns`` loop turns after the ``count``-th
+            attempt to end returned or raised.
     """
-    orchestrator = Orchestrator(max_threads=MAX_THREADS)
+    orchestrator = Orchestrator(max_threads=MAX_THREADS, journal=journal)
     pool = orchestrator._executor._pool  # type: ignore[attr-defined]
     clock = VirtualClock(pool)
     loop = VirtualLoop(clock)
-    seen = Observation()
+    seen = Observation(journaled=journal is not None)
+    runs: list[asyncio.Task[Any]] = []
     try:
         _instrument(orchestrator, scenario, clock, loop, seen)
         actions = _actions(orchestrator, scenario, clock, seen)
-        loop.run_until_complete(_main(orchestrator, scenario, actions, loop, seen))
+        main = loop.create_task(_main(orchestrator, scenario, actions, loop, seen, runs))
+        if stop_at is None and stop_after is None:
+            loop.run_until_complete(main)
+        else:
+            stop = _stopper(orchestrator, loop, main, seen)
+            if stop_at is not None:
+                loop.call_at(stop_at, stop)
+            if stop_after is not None:
+                seen.attempt_ended = _stop_after(loop, stop, *stop_after)
+            try:
+                loop.run_until_complete(main)
+            except RuntimeError:
+                if not seen.stopped:
+                    raise
+            if seen.stopped:
+                _clean_up_after_stop(loop, main, runs)
+        if journal is not None:
+            # The record of a cancelled call is committed in the next turn of the loop.
+            loop.run_until_complete(asyncio.sleep(0))
         seen.pending_tasks = [repr(task) for task in asyncio.all_tasks(loop)]
         # Threads still parked now must all work for abandoned attempts, which the pool no
         # longer counts: any job it still counts was left behind by the library.
@@ -136,8 +194,65 @@ def execute(scenario: Scenario) -> Observation:
     finally:
         clock.release_all()
         _settled_busy(pool)
+        if orchestrator.journal is not None:
+            orchestrator.journal.close()
         loop.close()
     return seen
+
+
+def _stopper(
+    orchestrator: Orchestrator[State],
+    loop: asyncio.AbstractEventLoop,
+    main: asyncio.Task[Any],
+    seen: Observation,
+) -> Callable[[], None]:
+    # A dead process records nothing more: the journal closes at once, so that a commit that
+    # was to run later in this same turn of the loop fails, as do all later records.
+    def stop() -> None:
+        if main.done() or seen.stopped:
+            return
+        seen.stopped = True
+        seen.stopped_at_record = len(seen.records)
+        assert orchestrator.journal is not None
+        orchestrator.journal.close()
+        loop.stop()
+
+    return stop
+
+
+def _stop_after(
+    loop: asyncio.AbstractEventLoop, stop: Callable[[], None], count: int, turns: int
+) -> Callable[[], None]:
+    lock = threading.Lock()
+    ended = 0
+
+    def later(left: int) -> None:
+        if left:
+            loop.call_soon(later, left - 1)
+        else:
+            stop()
+
+    def attempt_ended() -> None:
+        nonlocal ended
+        with lock:
+            ended += 1
+            if ended != count:
+                return
+        # RuntimeError: a worker thread's attempt ended after the loop closed.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(later, turns)
+
+    return attempt_ended
+
+
+def _clean_up_after_stop(
+    loop: asyncio.AbstractEventLoop, main: asyncio.Task[Any], runs: list[asyncio.Task[Any]]
+) -> None:
+    # The runs are cancelled, so that no task or thread outlives the example; what they do
+    # meanwhile, with the journal closed, is no evidence.
+    for task in runs:
+        task.cancel()
+    loop.run_until_complete(main)
 
 
 def _settled_busy(pool: WorkerPool) -> int:
@@ -168,6 +283,10 @@ def _instrument(
     def task_begin(event: Any) -> None:
         check_context(event, "task_begin")
         token = event.args[0]
+        if not isinstance(token, Token):
+            token = seen.made[(event.run_id, token)]
+        token.key = event.call_key
+        seen.by_serial[token.serial] = token
         seen.tokens[(event.run_id, event.task_id)] = token
         _attempt.set((token.serial, 1))
         seen.records.append(("task_begin", event, loop.time()))
@@ -260,16 +379,18 @@ def _fail(
     with clock.lock:
         abandoned = key in clock.abandoned
     seen.raised.append((error, abandoned))
+    seen.attempt_ended()
     raise error
 
 
 def _sync_function(
     scenario: Scenario, orchestrator: Orchestrator[State], clock: VirtualClock, seen: Observation
 ) -> Any:
-    def work(token: Token) -> int:
-        spec = scenario.sites[token.site]
+    def work(argument: Token | int) -> int:
         key = _attempt.get()
         attempt = key[1]
+        token = _executed(argument, key, seen)
+        spec = scenario.sites[token.site]
         if orchestrator.get_state().run != token.run_id:  # in the worker thread
             seen.context_violations.append(f"s{spec.site} in {token.run_id}")
         outcome = spec.outcomes[attempt - 1]
@@ -277,6 +398,7 @@ def _sync_function(
             seen.faults["hang (thread)"] += 1
         clock.park(math.inf if outcome.kind == "hang" else outcome.duration, key)
         if outcome.kind == "ok":
+            seen.attempt_ended()
             return spec.site * 1000 + attempt
         _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         raise AssertionError("unreachable")
@@ -291,10 +413,11 @@ def _async_function(
     clock: VirtualClock,
     seen: Observation,
 ) -> Any:
-    async def work(token: Token) -> int:
-        spec = scenario.sites[token.site]
+    async def work(argument: Token | int) -> int:
         key = _attempt.get()
         attempt = key[1]
+        token = _executed(argument, key, seen)
+        spec = scenario.sites[token.site]
         if orchestrator.get_state().run != token.run_id:
             seen.context_violations.append(f"s{spec.site} in {token.run_id}")
         for step in spec.inner:
@@ -310,11 +433,29 @@ def _async_function(
                 _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         await asyncio.sleep(outcome.duration)
         if outcome.kind == "ok":
+            seen.attempt_ended()
             return spec.site * 1000 + attempt
         _fail(outcome.kind, spec.site, attempt, key, clock, seen)
         raise AssertionError("unreachable")
 
     return work
+
+
+def _executed(argument: Token | int, key: tuple[int, int], seen: Observation) -> Token:
+    # The token of the call whose attempt ``key`` runs its function now, which is noted.
+    token = seen.by_serial[key[0]]
+    assert argument is token or argument == token.site, (argument, token)
+    if not seen.stopped:
+        seen.executions.append((token, key[1], len(seen.records)))
+    return token
+
+
+def _argument(token: Token, seen: Observation) -> Token | int:
+    # What a call is made with: the token, or with a journal its site's number (JSON).
+    if not seen.journaled:
+        return token
+    seen.made[(token.run_id, token.site)] = token
+    return token.site
 
 
 async def run_step(
@@ -327,7 +468,7 @@ async def run_step(
     """Execute one step of a workflow inside a run."""
     if isinstance(step, Group):
         return await _run_group(orchestrator, actions, step, run_id, seen)
-    return await actions[step.action](Token(step.site, run_id))
+    return await actions[step.action](_argument(Token(step.site, run_id), seen))
 
 
 class _Nested:
@@ -411,7 +552,7 @@ async def _run_group(
         if isinstance(member, Call):
             token = Token(member.site, run_id)
             record.members[position] = token
-            arguments.append(token)
+            arguments.append(_argument(token, seen))
         else:
             arguments.append(_Nested(member, position, record, context))
     try:
@@ -440,10 +581,10 @@ async def _run_group(
 
 def _map_item(action: Any) -> Any:
     # The function a map calls for each item when some items are no calls of its action.
-    async def item(argument: Token | _Nested) -> Any:
-        if isinstance(argument, Token):
-            return await action(argument)
-        return await _nested(argument)
+    async def item(argument: Token | int | _Nested) -> Any:
+        if isinstance(argument, _Nested):
+            return await _nested(argument)
+        return await action(argument)
 
     return item
 
@@ -454,14 +595,19 @@ async def _main(
     actions: dict[str, Any],
     loop: asyncio.AbstractEventLoop,
     seen: Observation,
+    tasks: list[asyncio.Task[Any]],
 ) -> None:
-    async def body(run_id: str, steps: tuple[Step, ...]) -> list[Any]:
-        return [await run_step(orchestrator, actions, step, run_id, seen) for step in steps]
+    workflows = {f"r{index}": spec.steps for index, spec in enumerate(scenario.runs)}
 
-    tasks = []
+    # The body's argument, its run id, is JSON: a journal records it.
+    async def body(run_id: str) -> list[Any]:
+        return [
+            await run_step(orchestrator, actions, step, run_id, seen) for step in workflows[run_id]
+        ]
+
     for index, spec in enumerate(scenario.runs):
         run_id = f"r{index}"
-        task = asyncio.ensure_future(orchestrator.run(body, run_id, spec.steps, run_id=run_id))
+        task = asyncio.ensure_future(orchestrator.run(body, run_id, run_id=run_id))
         if spec.cancel_at is not None:
             cancel = _canceller(loop, task, cancel_message(run_id), spec.recancel, seen)
             loop.call_at(spec.cancel_at, cancel)

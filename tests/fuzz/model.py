@@ -8,6 +8,9 @@ may run a nested workflow inside each attempt (actions calling actions). Every a
 call has a drawn outcome. All durations are in virtual seconds (see `clock.py`); each is
 spread by a factor unique to its place in the scenario, so that no two things in a scenario
 happen at the same instant by accident and the oracle can order them.
+
+A journaled scenario is such runs, never cancelled from outside, recorded in a journal, with the
+crashes that interrupt them one execution after another (see `Crash`).
 """
 
 from __future__ import annotations
@@ -247,3 +250,63 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     for run in runs:
         _collect(run.steps, table)
     return Scenario(tuple(runs), table)
+
+
+@dataclass(frozen=True)
+class Crash:
+    """How one execution of a journaled scenario is interrupted, at virtual time ``at``.
+
+    ``"cancel"``: each run is cancelled from outside, run ``i`` at its own instant a little
+    after ``at``, and once more ``recancel`` loop turns later if that is not None; it ends as
+    cancelled, and the journal records it so. ``"stop"``: the event loop stops at ``at``, or
+    if ``after`` is not None ``turns`` loop turns after the ``after``-th attempt to end
+    returned or raised (when its call's record may be on its way to the journal), as a process
+    that dies there: nothing later reaches the journal, whose runs stay recorded as running.
+    """
+
+    kind: Literal["cancel", "stop"]
+    at: float
+    recancel: int | None = None
+    after: int | None = None
+    turns: int = 0
+
+    def cancel_at(self, index: int, number: int) -> float:
+        """When run ``index`` is cancelled by this crash, the ``number``-th of its scenario."""
+        return spread(self.at, 3000 + 10 * number + index, 0.5)
+
+
+@dataclass(frozen=True)
+class JournaledScenario:
+    """Runs recorded in one journal, interrupted by each crash in turn, then run to the end.
+
+    No run is cancelled from outside otherwise, so every workflow ends by itself.
+    """
+
+    scenario: Scenario
+    crashes: tuple[Crash, ...]
+
+
+@st.composite
+def journaled_scenarios(draw: st.DrawFn) -> JournaledScenario:
+    """Draw one to three concurrent runs, and one to three crashes that interrupt them."""
+    sites = _Sites()
+    runs = tuple(
+        RunSpec(draw(_steps(sites, 0, False)), None) for _ in range(draw(st.integers(1, 3)))
+    )
+    table: dict[int, Call] = {}
+    for run in runs:
+        _collect(run.steps, table)
+    crashes = []
+    for number in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["cancel", "stop", "stop"]))
+        at = spread(draw(st.sampled_from([0.002, 0.01, 0.03, 0.08, 0.2])), 2000 + number, 0.5)
+        if kind == "cancel":
+            recancel = draw(st.sampled_from([None, None, 1, 3]))
+            crashes.append(Crash("cancel", at, recancel))
+        elif draw(st.sampled_from(["instant", "attempt", "attempt"])) == "instant":
+            crashes.append(Crash("stop", at))
+        else:
+            # Zero turns stops in the turn where the call's record is to be committed.
+            after, turns = draw(st.integers(1, 8)), draw(st.sampled_from([0, 0, 1, 2, 3]))
+            crashes.append(Crash("stop", at, after=after, turns=turns))
+    return JournaledScenario(Scenario(runs, table), tuple(crashes))

@@ -17,6 +17,10 @@ or ``("cancel",)``.
 
 When two things would happen at the same instant, their order is up to the event loop and the
 oracle cannot tell it: it raises `Ambiguous`, and the example is checked for the invariants only.
+
+A run with a journal starts from the calls whose success the journal holds, by site: such a
+call returns its recorded result at once, with no attempt, and so does a call that an earlier
+attempt of its caller made in this run and that succeeded. Everything else is as without one.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from model import Call, Group, Member, Plain, RunSpec, Step
 
 INF = math.inf
 Result = tuple[str, Any]
-# (site, attempts) of every call that began; (site, 1) of a plain member that ended by itself,
-# (site, 0) of one that was cancelled.
+# (site, attempts) of every call that began, 0 attempts for a replayed one; (site, 1) of a plain
+# member that ended by itself, (site, 0) of one that was cancelled.
 Log = list[tuple[int, int]]
+# The result of each call whose success the run's journal holds, by site; None: no journal.
+Journal = dict[int, Any] | None
 
 
 class Ambiguous(Exception):
@@ -50,22 +56,29 @@ def _retryable(error: Any) -> bool:
 CANCEL: Result = ("err", ("cancel",))
 
 
-def run(spec: RunSpec) -> tuple[Result, Log]:
-    """Predict one run: its result and the attempts of every call that began."""
+def run(spec: RunSpec, recorded: dict[int, Any] | None = None) -> tuple[Result, Log]:
+    """Predict one run: its result and the attempts of every call that began.
+
+    ``recorded``: with a journal, the result of each call whose success it holds, by site
+    (a copy is used); None for a run without a journal.
+    """
     log: Log = []
     cut = INF if spec.cancel_at is None else spec.cancel_at
-    _, result = steps(spec.steps, 0.0, cut, log)
+    journal = None if recorded is None else dict(recorded)
+    _, result = steps(spec.steps, 0.0, cut, log, journal)
     return result, log
 
 
-def steps(workflow: tuple[Step, ...], t: float, cut: float, log: Log) -> tuple[float, Result]:
+def steps(
+    workflow: tuple[Step, ...], t: float, cut: float, log: Log, journal: Journal
+) -> tuple[float, Result]:
     """Run ``workflow`` in order from ``t``; the first failure ends it."""
     values = []
     for step in workflow:
         if isinstance(step, Group):
-            t, result = group(step, t, cut, log)
+            t, result = group(step, t, cut, log, journal)
         else:
-            t, result = call(step, t, cut, log)
+            t, result = call(step, t, cut, log, journal)
         if result[0] == "err":
             return t, result
         values.append(result[1])
@@ -81,13 +94,15 @@ def _ended(c: Call, t: float, result: Result) -> tuple[float, Result]:
     return t, result
 
 
-def call(c: Call, t0: float, cut: float, log: Log) -> tuple[float, Result]:
+def call(c: Call, t0: float, cut: float, log: Log, journal: Journal) -> tuple[float, Result]:
     """One call that begins at ``t0`` in a task cancelled at ``cut``."""
     _apart(t0, cut)
     entry = len(log)
     log.append((c.site, 0))
     if c.raising_hook == "begin":
         return _ended(c, t0, ("err", ("hook", c.site, "begin")))
+    if journal is not None and c.site in journal:
+        return _ended(c, t0, ("ok", journal[c.site]))  # replayed: no attempt, no time
     deadline = None if c.deadline is None else t0 + c.deadline
     t, attempt, last = t0, 0, None
     while True:
@@ -102,7 +117,7 @@ def call(c: Call, t0: float, cut: float, log: Log) -> tuple[float, Result]:
         log[entry] = (c.site, attempt)
         limit_at = INF if limit is None else t + limit
         _apart(limit_at, cut)
-        end, result = _attempt(c, attempt, t, min(limit_at, cut), log)
+        end, result = _attempt(c, attempt, t, min(limit_at, cut), log, journal)
         if result == ("cut",):
             if math.isinf(limit_at) and math.isinf(cut):
                 return INF, CANCEL  # never ends by itself (a hang bounded only from outside)
@@ -112,6 +127,8 @@ def call(c: Call, t0: float, cut: float, log: Log) -> tuple[float, Result]:
         elif result[0] == "err":
             error, failed_at = result[1], end
         else:
+            if journal is not None:
+                journal[c.site] = result[1]  # recorded before the completion hooks run
             return _ended(c, end, result)
         if failed_at >= cut:
             # The task is being cancelled: an error that arrives with the cancellation (cleanup
@@ -131,10 +148,12 @@ def call(c: Call, t0: float, cut: float, log: Log) -> tuple[float, Result]:
         t, last = failed_at + wait, error
 
 
-def _attempt(c: Call, attempt: int, t: float, cut: float, log: Log) -> tuple[float, Result]:
+def _attempt(
+    c: Call, attempt: int, t: float, cut: float, log: Log, journal: Journal
+) -> tuple[float, Result]:
     # An attempt: the nested workflow, then the attempt's own work. ("cut",): stopped at cut.
     if c.inner:
-        t, result = steps(c.inner, t, cut, log)
+        t, result = steps(c.inner, t, cut, log, journal)
         if result == CANCEL:
             return cut, ("cut",)
         if result[0] == "err":
@@ -173,13 +192,13 @@ def plain(p: Plain, t0: float, cut: float, log: Log) -> tuple[float, Result]:
     return end, ("err", ("fatal", p.site, 1))
 
 
-def member(m: Member, t0: float, cut: float, log: Log) -> tuple[float, Result]:
+def member(m: Member, t0: float, cut: float, log: Log, journal: Journal) -> tuple[float, Result]:
     """One member of a group: a call, a nested group or a plain member."""
     if isinstance(m, Group):
-        return group(m, t0, cut, log)
+        return group(m, t0, cut, log, journal)
     if isinstance(m, Plain):
         return plain(m, t0, cut, log)
-    return call(m, t0, cut, log)
+    return call(m, t0, cut, log, journal)
 
 
 def _stops(g: Group, result: Result) -> bool:
@@ -189,7 +208,7 @@ def _stops(g: Group, result: Result) -> bool:
 
 
 def _schedule(
-    g: Group, t0: float, cut: float, stop: float, first: int | None, log: Log
+    g: Group, t0: float, cut: float, stop: float, first: int | None, log: Log, journal: Journal
 ) -> list[tuple[float, float, Result] | None]:
     # Each member's (start, end, result), or None if it never starts. Members are cut at the
     # outer ``cut``, and the others also at ``stop``, when the ``first`` failure stops the group.
@@ -205,17 +224,19 @@ def _schedule(
             placed.append(None)
             heapq.heappush(free, INF)
             continue
-        end, result = member(m, start, limit, log)
+        end, result = member(m, start, limit, log, journal)
         placed.append((start, end, result))
         # A worker whose call was cut, or that saw the group's first failure, takes no more.
         heapq.heappush(free, INF if end >= limit or index == first else end)
     return placed
 
 
-def group(g: Group, t0: float, cut: float, log: Log) -> tuple[float, Result]:
+def group(g: Group, t0: float, cut: float, log: Log, journal: Journal) -> tuple[float, Result]:
     """A parallel group or a map that starts at ``t0`` in a task cancelled at ``cut``."""
     natural_log: Log = []
-    natural = _schedule(g, t0, INF, INF, None, natural_log)  # as if nothing stopped the group
+    # As if nothing stopped the group; what it records counts only if nothing does.
+    natural_journal = None if journal is None else dict(journal)
+    natural = _schedule(g, t0, INF, INF, None, natural_log, natural_journal)
     failures = sorted(
         (item[1], index)
         for index, item in enumerate(natural)
@@ -234,14 +255,18 @@ def group(g: Group, t0: float, cut: float, log: Log) -> tuple[float, Result]:
             for index, item in enumerate(natural):
                 if item is not None and index != first:
                     _apart(item[1], tf)  # a sibling ending on its own as the group stops
-            _schedule(g, t0, cut, tf, first, log)
+            _schedule(g, t0, cut, tf, first, log, journal)
             return tf, natural[first][2]  # type: ignore[index]
     finish = max((item[1] for item in natural if item is not None), default=t0)
     _apart(finish, cut)
     if finish > cut:
-        _schedule(g, t0, cut, INF, None, log)  # who began, and their attempts, until the cut
+        _schedule(
+            g, t0, cut, INF, None, log, journal
+        )  # who began, and their attempts, until the cut
         return cut, CANCEL
     log.extend(natural_log)
+    if journal is not None and natural_journal is not None:
+        journal.update(natural_journal)
     errors = tuple(
         (index, item[2][1])
         for index, item in enumerate(natural)

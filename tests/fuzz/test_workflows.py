@@ -12,15 +12,14 @@ ORCHESTRATOR_FUZZ_STATS names a JSON file that receives the run's figures.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import figures
 import oracle
 from harness import (
     GroupRecord,
@@ -35,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from model import Scenario, scenarios
 
 EXAMPLES = int(os.environ.get("ORCHESTRATOR_FUZZ_EXAMPLES", "300"))
-STATS: Counter[str] = Counter()
+STATS = figures.STATS
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
@@ -310,7 +309,4 @@ def _keys_by_site(seen: Observation) -> dict[tuple[str, int], str]:
 
 
 def teardown_module() -> None:
-    path = os.environ.get("ORCHESTRATOR_FUZZ_STATS")
-    if path:
-        with open(path, "w") as out:
-            json.dump(dict(sorted(STATS.items())), out, indent=2)
+    figures.write()

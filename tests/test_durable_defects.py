@@ -1,0 +1,80 @@
+"""Durable runs: edge cases of recording and replaying calls in a journal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import Orchestrator, RetryPolicy
+
+NO_WAIT = RetryPolicy(retries=1, delay=0.0, jitter=0.0)
+
+
+class Declined(Exception):
+    """A payment that is refused when charged a second time."""
+
+
+def _checkout(
+    journal: Path, charged: list[int], *, checkout_fails: bool, declines: bool = True
+) -> tuple[Orchestrator[Any], Any]:
+    # A checkout whose first attempt charges and then fails, so that its second attempt makes
+    # the charge again under the same call key; with ``declines``, a second charge is refused.
+    orch: Orchestrator[Any] = Orchestrator(journal=journal)
+    tries: list[int] = []
+
+    @orch.action
+    async def charge(amount: int) -> int:
+        charged.append(amount)
+        if declines and len(charged) > 1:
+            raise Declined(amount)
+        return amount
+
+    @orch.action(retry=NO_WAIT)
+    async def checkout(amount: int) -> int:
+        paid = await charge(amount)
+        tries.append(1)
+        if checkout_fails or len(tries) == 1:
+            raise ConnectionError("the shop went away")
+        return paid
+
+    async def body(amount: int) -> int:
+        return await checkout(amount)
+
+    return orch, body
+
+
+def test_a_nested_call_made_again_by_its_callers_retry_replays_its_recorded_success(
+    tmp_path: Path,
+) -> None:
+    charged: list[int] = []
+    orch, body = _checkout(tmp_path / "runs.db", charged, checkout_fails=False)
+    replayed: list[tuple[str, bool, Any]] = []
+    orch.on_task_completion(
+        lambda event: replayed.append((event.call_key, event.replayed, event.result))
+    )
+
+    assert orch.run_sync(body, 5, run_id="order-1") == 5
+
+    assert charged == [5]
+    assert replayed == [("1.1", False, 5), ("1.1", True, 5), ("1", False, 5)]
+
+
+def test_a_resume_replays_a_nested_call_that_a_later_attempt_of_its_caller_made_again(
+    tmp_path: Path,
+) -> None:
+    charged: list[int] = []
+    orch, body = _checkout(tmp_path / "runs.db", charged, checkout_fails=True)
+    # Declined if the second attempt charges again: this test is about the resume.
+    with pytest.raises((ConnectionError, Declined)):
+        orch.run_sync(body, 5, run_id="order-1")
+    assert orch.journal is not None
+    orch.journal.close()
+    charged.clear()
+
+    resumed, body = _checkout(tmp_path / "runs.db", charged, checkout_fails=True, declines=False)
+    with pytest.raises(ConnectionError):
+        resumed.run_sync(body, 5, run_id="order-1")
+
+    assert charged == []
