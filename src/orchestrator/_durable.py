@@ -131,9 +131,10 @@ class JournalInterceptor(Interceptor):
         return result
 
     def intercept_attempt(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
-        """Time each attempt of a journaled call, for the record of the call."""
+        """Time each attempt of a retried journaled call, for the record of the call."""
         state = self._open.get(None)
-        if state is None or not call.action.journaled:
+        if state is None or call.action.retry is None or not call.action.journaled:
+            # Without a retry policy there is one attempt, and the call's record spans it.
             return proceed()
         return self._attempt(state, call, proceed)
 
@@ -152,6 +153,8 @@ class JournalInterceptor(Interceptor):
 def _attempts(state: _OpenRun, call: CallInfo[Any]) -> tuple[AttemptRecord, ...]:
     # A single attempt spans its call's record; those of a retried call are kept, each with the
     # wait that followed it.
+    if call.action.retry is None:
+        return ()  # one attempt, not timed apart (see intercept_attempt)
     tries = state.tries.pop(call.task_id, [])
     if len(tries) <= 1:
         return ()
