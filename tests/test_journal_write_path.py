@@ -1,0 +1,215 @@
+"""The journal's write path: JSON encoding, commits shared by a batch, and recorded attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import Orchestrator, RetryPolicy
+from orchestrator._errors import JournalError
+from orchestrator._journal import JsonSerializer, SQLiteJournal
+from orchestrator._records import AttemptRecord
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def journal(path: Path) -> Iterator[SQLiteJournal]:
+    with SQLiteJournal(path) as opened:
+        yield opened
+
+
+async def record(journal: SQLiteJournal, key: str, result: Any) -> None:
+    data, args_hash = journal.call_args("fetch", key, (1,), {})
+    await journal.record(
+        "r",
+        key,
+        "fetch",
+        parent_key=None,
+        args=data,
+        args_hash=args_hash,
+        started=100.0,
+        ended=101.0,
+        result=result,
+    )
+
+
+JSON_VALUES = [
+    None,
+    True,
+    0,
+    -(2**70),
+    0.1,
+    -0.0,
+    1e300,
+    "",
+    "plain",
+    'quote " and \\ backslash',
+    "é ü 中 \U0001f600",
+    "lone \ud800 surrogate",
+    "\x00\n\t",
+    [],
+    {},
+    [1, [2, [3, {"a": [None, False]}]]],
+    {"z": 1, "a": {"nested": ["x", 2.5]}, "": 0},
+]
+
+
+@pytest.mark.parametrize("value", JSON_VALUES, ids=repr)
+def test_json_serializer_writes_what_the_json_module_writes(value: Any) -> None:
+    expected = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    assert JsonSerializer().dumps(value) == expected
+
+
+@pytest.mark.parametrize("value", JSON_VALUES, ids=repr)
+def test_json_serializer_reads_back_what_it_writes(value: Any) -> None:
+    serializer = JsonSerializer()
+    assert serializer.loads(serializer.dumps(value)) == value
+
+
+def test_json_serializer_reads_a_value_with_whitespace_around_it() -> None:
+    assert JsonSerializer().loads(' \n{"a": [1, 2]}\t ') == {"a": [1, 2]}
+
+
+def test_json_serializer_reads_utf8_bytes() -> None:
+    assert JsonSerializer().loads('{"name": "é"}'.encode()) == {"name": "é"}
+
+
+def test_json_serializer_refuses_text_after_the_value() -> None:
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        JsonSerializer().loads("[1] [2]")
+
+
+def test_json_serializer_refuses_a_circular_list() -> None:
+    value: list[Any] = []
+    value.append(value)
+    with pytest.raises(RecursionError):
+        JsonSerializer().dumps(value)
+
+
+def test_failed_commit_fails_every_record_of_the_batch(journal: SQLiteJournal) -> None:
+    assert journal._fast is not None
+    # A trigger of the loop's connection alone: the commit of a batch fails, and nothing else.
+    journal._fast.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON main.calls "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+    )
+
+    async def scenario() -> list[BaseException | None]:
+        return await asyncio.gather(
+            *(record(journal, str(i), i) for i in range(1, 4)), return_exceptions=True
+        )
+
+    errors = asyncio.run(scenario())
+    assert all(isinstance(error, JournalError) for error in errors)
+    assert all("refused by a trigger" in str(error) for error in errors)
+    assert len({id(error) for error in errors}) == 3  # one error each, each with its traceback
+    assert journal.calls("r") == []
+
+
+def test_cancelled_waiter_of_a_batch_in_the_writer_thread_leaves_the_others_waiting(
+    path: Path,
+) -> None:
+    async def scenario(journal: SQLiteJournal) -> None:
+        first = asyncio.ensure_future(record(journal, "1", 1))
+        second = asyncio.ensure_future(record(journal, "2", 2))
+        for _ in range(2):  # the records are queued, then handed to the writer thread
+            await asyncio.sleep(0)
+        first.cancel()
+        await second
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    with SQLiteJournal(path, durability="fsync") as journal:
+        asyncio.run(scenario(journal))
+        assert [call.call_key for call in journal.calls("r")] == ["1", "2"]
+
+
+def test_record_awaited_after_its_commit_returns_at_once(journal: SQLiteJournal) -> None:
+    async def scenario() -> None:
+        data, args_hash = journal.call_args("fetch", "1", (1,), {})
+        pending = journal.record(
+            "r",
+            "1",
+            "fetch",
+            parent_key=None,
+            args=data,
+            args_hash=args_hash,
+            started=1.0,
+            ended=2.0,
+            result="kept",
+        )
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await pending
+
+    asyncio.run(scenario())
+    assert [call.result for call in journal.calls("r")] == ["'kept'"]
+
+
+def test_retried_journaled_call_records_each_attempt(path: Path) -> None:
+    orch = Orchestrator(journal=path)
+    failures = iter([ConnectionError("down"), TimeoutError("slow")])
+
+    @orch.action(retry=RetryPolicy(retries=2, delay=0.0))
+    async def fetch() -> str:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return "fetched"
+
+    async def body() -> str:
+        return await fetch()
+
+    try:
+        assert orch.run_sync(body, run_id="retried") == "fetched"
+        assert orch.journal is not None
+        [call] = orch.journal.calls("retried")
+    finally:
+        assert isinstance(orch.journal, SQLiteJournal)
+        orch.journal.close()
+    assert [(a.number, a.error) for a in call.attempts] == [
+        (1, "ConnectionError: down"),
+        (2, "TimeoutError: slow"),
+        (3, None),
+    ]
+    assert all(a.delay is not None and a.delay >= 0 for a in call.attempts[:2])
+
+
+def test_journaled_call_without_retry_is_recorded_with_one_attempt_spanning_it(
+    path: Path,
+) -> None:
+    orch = Orchestrator(journal=path)
+
+    @orch.action
+    async def fetch() -> str:
+        return "fetched"
+
+    async def body() -> str:
+        return await fetch()
+
+    try:
+        orch.run_sync(body, run_id="once")
+        assert orch.journal is not None
+        [call] = orch.journal.calls("once")
+    finally:
+        assert isinstance(orch.journal, SQLiteJournal)
+        orch.journal.close()
+    assert call.attempts == (AttemptRecord(1, call.started, call.ended, None),)
+
+
+def test_unserializable_argument_names_the_argument_among_keywords(
+    journal: SQLiteJournal,
+) -> None:
+    pattern = re.escape("argument 'when', of type tuple")
+    with pytest.raises(JournalError, match=pattern):
+        journal.call_args("fetch", "1", (1,), {"zone": "utc", "when": (2024, 1)})
