@@ -213,3 +213,18 @@ def test_unserializable_argument_names_the_argument_among_keywords(
     pattern = re.escape("argument 'when', of type tuple")
     with pytest.raises(JournalError, match=pattern):
         journal.call_args("fetch", "1", (1,), {"zone": "utc", "when": (2024, 1)})
+
+
+def test_arguments_go_through_a_json_serializer_subclass_of_its_own(path: Path) -> None:
+    class TuplesAsLists(JsonSerializer):
+        def dumps(self, value: Any) -> str:
+            return json.dumps(value, default=list)
+
+    with SQLiteJournal(path, serializer=TuplesAsLists()) as journal:
+        data, _ = journal.call_args("fetch", "1", ({1, 2},), {})
+    assert json.loads(data) == [[[1, 2]], {}]
+
+
+def test_keyword_argument_that_is_not_json_is_refused(journal: SQLiteJournal) -> None:
+    with pytest.raises(JournalError, match=re.escape("argument 'when', of type tuple")):
+        journal.call_args("fetch", "1", (), {"when": (2024, 1)})

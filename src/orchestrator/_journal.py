@@ -377,6 +377,7 @@ class SQLiteJournal:
         if not isinstance(serializer, JsonSerializer):
             self._dumps = _checked(serializer.dumps)
         self._loads = serializer.loads
+        self._default_json = type(serializer) is JsonSerializer
         prepare(self.path)
         info = os.stat(self.path)
         self._key = (info.st_dev, info.st_ino)  # the file, under whatever name it is opened
@@ -940,6 +941,15 @@ class SQLiteJournal:
         if len(kwargs) > 1:
             # Keyword order does not change a call, so it must not change its identity.
             kwargs = dict(sorted(kwargs.items()))
+        if self._default_json:
+            # The list and the dict around the arguments are made here: only the arguments
+            # themselves need checking. Every call, a replayed one too, comes this way.
+            for value in args:
+                if type(value) not in _JSON_SCALARS:
+                    _check_json(value)
+            if kwargs:
+                _check_json(kwargs)
+            return _encode_json([list(args), kwargs])
         return self._dumps([list(args), kwargs])
 
     def _args_refused(
