@@ -228,3 +228,77 @@ def test_arguments_go_through_a_json_serializer_subclass_of_its_own(path: Path) 
 def test_keyword_argument_that_is_not_json_is_refused(journal: SQLiteJournal) -> None:
     with pytest.raises(JournalError, match=re.escape("argument 'when', of type tuple")):
         journal.call_args("fetch", "1", (), {"when": (2024, 1)})
+
+
+def test_resumed_run_comes_back_with_the_results_of_its_calls_loaded(
+    journal: SQLiteJournal,
+) -> None:
+    async def scenario() -> Any:
+        await journal.open_run("r", "app:main", (), {})
+        await record(journal, "1", {"id": 7})
+        await record(journal, "2", [1, 2])
+        await journal.end_run("r", error=ConnectionError("down"))
+        return await journal.open_run("r", "app:main", (), {})
+
+    opened = asyncio.run(scenario())
+    assert opened.results == {"1": {"id": 7}, "2": [1, 2]}
+
+
+def test_result_that_cannot_be_loaded_fails_its_replay_not_the_resume(path: Path) -> None:
+    class Refusing(JsonSerializer):
+        def loads(self, data: str | bytes) -> Any:
+            value = super().loads(data)
+            if value == "unreadable":
+                raise ValueError("refused")
+            return value
+
+    async def scenario(journal: SQLiteJournal) -> Any:
+        await journal.open_run("r", "app:main", (), {})
+        await record(journal, "1", "fine")
+        await record(journal, "2", "unreadable")
+        await journal.end_run("r", error=ConnectionError("down"))
+        return await journal.open_run("r", "app:main", (), {})
+
+    with SQLiteJournal(path, serializer=Refusing()) as journal:
+        opened = asyncio.run(scenario(journal))
+        assert opened.results == {"1": "fine"}
+        with pytest.raises(JournalError, match=r"call key '2'.*ValueError: refused"):
+            journal.load(opened.calls["2"][2], "fetch", "2")
+
+
+def test_call_replayed_twice_in_one_run_returns_a_fresh_result_each_time(path: Path) -> None:
+    orch = Orchestrator(journal=path)
+    live: list[str] = []
+    seen: list[list[str]] = []
+    failing = {"attempts": 2}
+
+    @orch.action
+    async def child() -> list[str]:
+        live.append("child")
+        return ["original"]
+
+    @orch.action(retry=RetryPolicy(retries=1, delay=0.0))
+    async def parent() -> list[str]:
+        value = await child()  # key "1.1" in every attempt
+        seen.append(list(value))
+        value.append("changed by the caller")
+        if failing["attempts"]:
+            failing["attempts"] -= 1
+            raise ConnectionError("flaky")
+        return value
+
+    async def body() -> list[str]:
+        return await parent()
+
+    try:
+        with pytest.raises(ConnectionError):
+            orch.run_sync(body, run_id="twice")  # both attempts fail; "1.1" is recorded
+        failing["attempts"] = 1
+        live.clear()
+        seen.clear()
+        assert orch.run_sync(body, run_id="twice") == ["original", "changed by the caller"]
+    finally:
+        assert isinstance(orch.journal, SQLiteJournal)
+        orch.journal.close()
+    assert live == []
+    assert seen == [["original"], ["original"]]

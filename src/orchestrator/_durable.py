@@ -31,14 +31,23 @@ def body_reference(body: Callable[..., Any]) -> str:
     return f"{module}:{qualname}"
 
 
+_UNLOADED: Any = object()
+
+
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
-    __slots__ = ("calls", "keys", "run_id", "tries")
+    __slots__ = ("calls", "keys", "results", "run_id", "tries")
 
-    def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        calls: dict[str, tuple[str, str, str | bytes]],
+        results: dict[str, Any] | None,
+    ) -> None:
         self.run_id = run_id
         self.calls = calls  # call key -> (action name, args hash, result data): the successes
+        self.results = {} if results is None else results  # call key -> result, loaded already
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
 
@@ -57,7 +66,7 @@ class JournalInterceptor(Interceptor):
         opened = await journal.open_run(run.run_id, body_reference(run.body), run.args, run.kwargs)
         if opened.previous == "succeeded":
             return opened.result
-        token = self._open.set(_OpenRun(run.run_id, opened.calls))
+        token = self._open.set(_OpenRun(run.run_id, opened.calls, opened.results))
         try:
             result = await proceed()
         except BaseException as exc:
@@ -92,7 +101,10 @@ class JournalInterceptor(Interceptor):
             if recorded[0] != name or recorded[1] != args_hash:
                 raise _mismatch(state.run_id, key, recorded[0], name, args_hash == recorded[1])
             call.replayed = True
-            return journal.load(recorded[2], name, key)
+            # Each loaded result serves once: a key replayed again (its parent call retried)
+            # gets a fresh copy, as a live call would return a fresh value.
+            result = state.results.pop(key, _UNLOADED)
+            return journal.load(recorded[2], name, key) if result is _UNLOADED else result
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
         try:

@@ -190,6 +190,10 @@ class OpenedRun(NamedTuple):
     calls: dict[str, tuple[str, str, str | bytes]]
     """Each recorded successful call: ``call_key -> (action name, args hash, result data)``;
     ``load()`` gives the result."""
+    results: dict[str, Any] | None = None
+    """The results of ``calls``, loaded once as the run was opened: ``call_key -> value``.
+    Each serves one replay, taken out as it is used; a result missing here (never loaded, or
+    already used) is loaded from ``calls``."""
 
 
 class Journal(Protocol):
@@ -476,7 +480,18 @@ class SQLiteJournal:
                 result=self._load(opened.result, f"the result of run {run_id!r}")
             )
         self._open[run_id] = body
-        return opened
+        if not opened.calls:
+            return opened
+        # Loaded here, once, so that a replayed call only looks its result up. One that cannot
+        # be loaded is left to load() at its call, to fail that call as it would have.
+        results = {}
+        loads = self._loads
+        for key, (_, _, recorded) in opened.calls.items():
+            try:
+                results[key] = loads(recorded)
+            except Exception:
+                continue
+        return opened._replace(results=results)
 
     def _claim(
         self,
