@@ -428,7 +428,8 @@ class SQLiteJournal:
         """Claim the run ``run_id`` for this process, creating it if the journal has none.
 
         A run that succeeded is not claimed: its recorded result comes back. Any other run is
-        claimed, and its recorded successful calls come back, read in this one transaction.
+        claimed, and its recorded successful calls come back, read in this one transaction,
+        with their results loaded (``OpenedRun.results``).
 
         Args:
             run_id: The run's id, the key of the journal.
