@@ -1,8 +1,9 @@
 """Side-by-side benchmarks of orchestrator and the tools a user would otherwise pick.
 
-    python benchmarks/run.py            # the full run (about a minute)
+    python benchmarks/run.py            # the full run (about a minute and a half)
     python benchmarks/run.py --quick    # a short run, as CI does
     python benchmarks/run.py --json results.json
+    python benchmarks/run.py --only journal     # one section (per-call, fan-out, pool, ...)
 
 Per-call scenarios all run in this one process, interleaved round-robin: repeat 1 of every
 scenario, then repeat 2, and so on. Each repeat's time per call is divided by the bare
@@ -12,21 +13,29 @@ timed without tracemalloc and then measured with it for bytes per task. ``map()`
 concurrency limit is timed against a lean hand-written pool, alternating in one fresh
 subprocess per round. Import and first-run costs are measured in fresh interpreters. A
 CPU-bound ``map`` on a ProcessExecutor against threads runs in a fresh subprocess too; its
-speedup depends on the idle cores, so it is reported with the core count and not judged. The
-machine is noisy: only ratios are judged.
+speedup depends on the idle cores, so it is reported with the core count and not judged.
+Journaled calls (durable runs) run in this process, interleaved round-robin, on files in one
+directory on disk: against a hand-written sqlite3 loop doing the same work, and DBOS's steps
+when the ``dbos`` package is installed; their targets are also in microseconds. The machine is
+noisy: judge the ratios, and the medians of same-repeat measurements.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import hashlib
+import itertools
 import json
 import os
 import platform
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -38,7 +47,7 @@ import tenacity
 from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 
-from orchestrator import Interceptor, Orchestrator, RetryPolicy, otel
+from orchestrator import Interceptor, Orchestrator, RetryPolicy, SQLiteJournal, otel
 from orchestrator.executors import ProcessExecutor
 from orchestrator.otel import instrument
 from orchestrator.progress import progress
@@ -622,6 +631,268 @@ def run_fresh(repeats: int) -> list[Row]:
     ]
 
 
+# Durable runs: journaled calls against a hand-written sqlite3 loop, in this process ----------
+
+JOURNAL_CALLS = 2_000  # sequential journaled calls per repeat
+JOURNAL_MAP = 1_000
+JOURNAL_MAP_CONCURRENCY = 32
+JOURNAL_REPLAYED = 1_000
+FSYNC_CALLS = 100  # each commit syncs the disk: about half a millisecond here
+DBOS_STEPS = 50  # a DBOS step costs milliseconds
+_CALLS_TABLE = (
+    "CREATE TABLE calls (run_id TEXT NOT NULL, call_key TEXT NOT NULL, name TEXT NOT NULL,"
+    " parent_key TEXT, args_hash TEXT NOT NULL, args, status TEXT NOT NULL, attempts TEXT,"
+    " started REAL NOT NULL, ended REAL, result, error TEXT, replayed INTEGER NOT NULL,"
+    " PRIMARY KEY (run_id, call_key)) WITHOUT ROWID"
+)
+_INSERT_CALL = "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def order_of(item: int) -> dict[str, Any]:
+    """What every journaled scenario's call returns: a small JSON document."""
+    return {"id": item, "status": "ok", "items": [1, 2, 3]}
+
+
+async def fetch_order(item: int) -> dict[str, Any]:
+    return order_of(item)
+
+
+class _Stop(Exception):
+    """Ends the first pass of a run that is then resumed."""
+
+
+def hand_written_journal(path: str, synchronous: str) -> Callable[[int], Awaitable[float]]:
+    """The same work as a journaled call, by hand: the call, its record, one commit per call.
+
+    The arguments as JSON and their hash, the result as JSON, and the record in a table like
+    the journal's, each committed in a transaction of its own (WAL, ``synchronous``).
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(_CALLS_TABLE)
+    runs = itertools.count()
+
+    async def measure(calls: int) -> float:
+        run_id = f"run-{next(runs)}"
+        started = time.perf_counter()
+        for item in range(calls):
+            args = json.dumps([[item], {}])
+            digest = hashlib.blake2b(args.encode(), digest_size=16).hexdigest()
+            began = time.time()
+            result = await fetch_order(item)
+            record = (run_id, str(item + 1), "fetch_order", None, digest, args, "succeeded")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                _INSERT_CALL, (*record, None, began, time.time(), json.dumps(result), None, 0)
+            )
+            conn.execute("COMMIT")
+        return (time.perf_counter() - started) / calls
+
+    return measure
+
+
+def journaled(orchestrator: Orchestrator[Any]) -> dict[str, Callable[[int], Awaitable[Any]]]:
+    """The journaled scenarios of one orchestrator: each runs a fresh run of its own."""
+    fetch = orchestrator.action(fetch_order)
+    runs = itertools.count()
+    replay = {"first pass": True, "entered": 0.0}
+
+    async def sequential(calls: int) -> float:
+        started = time.perf_counter()
+        for item in range(calls):
+            await fetch(item)
+        return (time.perf_counter() - started) / calls
+
+    async def mapped(calls: int) -> float:
+        started = time.perf_counter()
+        await orchestrator.map(fetch, range(calls), concurrency=JOURNAL_MAP_CONCURRENCY)
+        return (time.perf_counter() - started) / calls
+
+    async def resumed(calls: int) -> float:
+        replay["entered"] = started = time.perf_counter()
+        for item in range(calls):
+            await fetch(item)
+        elapsed = time.perf_counter() - started
+        if replay["first pass"]:
+            raise _Stop
+        return elapsed / calls
+
+    def in_run(body: Callable[[int], Awaitable[float]]) -> Callable[[int], Awaitable[float]]:
+        async def measure(calls: int) -> float:
+            return await orchestrator.run(body, calls, run_id=f"{body.__name__}-{next(runs)}")
+
+        return measure
+
+    async def replayed(calls: int) -> tuple[float, float]:
+        """Seconds per replayed call, and per record to resume the run before its body."""
+        run_id = f"resumed-{next(runs)}"
+        replay["first pass"] = True
+        with contextlib.suppress(_Stop):
+            await orchestrator.run(resumed, calls, run_id=run_id)
+        replay["first pass"] = False
+        gc.collect()
+        started = time.perf_counter()
+        per_call = await orchestrator.run(resumed, calls, run_id=run_id)
+        return per_call, (replay["entered"] - started) / calls
+
+    return {"sequential": in_run(sequential), "map": in_run(mapped), "replayed": replayed}
+
+
+def dbos_steps(folder: str) -> tuple[Callable[[int], Awaitable[float]], Callable[[], None]] | None:
+    """A DBOS workflow of ``calls`` sequential steps doing the same work, on SQLite; or None."""
+    try:
+        from dbos import DBOS
+    except ImportError:
+        return None
+    database = os.path.join(folder, "dbos.sqlite")
+    DBOS(
+        config={
+            "name": "orchestrator-bench",
+            "system_database_url": f"sqlite:///{database}",
+            "log_level": "WARNING",
+        }
+    )
+
+    @DBOS.step()
+    async def dbos_fetch(item: int) -> dict[str, Any]:
+        return order_of(item)
+
+    @DBOS.workflow()
+    async def dbos_body(calls: int) -> float:
+        started = time.perf_counter()
+        for item in range(calls):
+            await dbos_fetch(item)
+        return (time.perf_counter() - started) / calls
+
+    DBOS.launch()
+    return dbos_body, DBOS.destroy
+
+
+def journal_folder() -> str:
+    # On a disk, as the rows promise: /tmp is a memory file system on many machines.
+    return "/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()
+
+
+def run_journal(repeats: int, scale: float) -> list[Row]:
+    """Journaled calls, interleaved round-robin in this process, on files in one directory."""
+    calls = max(20, int(JOURNAL_CALLS * scale))
+    fsync_calls = max(20, int(FSYNC_CALLS * scale))
+    dbos_calls = max(10, int(DBOS_STEPS * scale))
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-", dir=journal_folder()) as folder:
+        normal = Orchestrator(journal=os.path.join(folder, "normal.db"))
+        synced = Orchestrator(
+            journal=SQLiteJournal(os.path.join(folder, "fsync.db"), durability="fsync")
+        )
+        ours, ours_fsync = journaled(normal), journaled(synced)
+        dbos = dbos_steps(folder)
+        scenarios: dict[str, tuple[int, Callable[[int], Awaitable[Any]]]] = {
+            "hand": (calls, hand_written_journal(os.path.join(folder, "hand.db"), "NORMAL")),
+            "sequential": (calls, ours["sequential"]),
+            "map": (JOURNAL_MAP, ours["map"]),
+            "replayed": (JOURNAL_REPLAYED, ours["replayed"]),
+            "hand fsync": (
+                fsync_calls,
+                hand_written_journal(os.path.join(folder, "hand-fsync.db"), "FULL"),
+            ),
+            "fsync": (fsync_calls, ours_fsync["sequential"]),
+            "fsync map": (JOURNAL_MAP, ours_fsync["map"]),
+        }
+        if dbos is not None:
+            scenarios["dbos"] = (dbos_calls, dbos[0])
+        times: dict[str, list[float]] = {name: [] for name in [*scenarios, "resume"]}
+        # CPU time of the process, all threads: the journal's checkpoints run in its writer
+        # thread, the hand-written loop's in the loop's, and wall-clock time hides the former.
+        cpu: dict[str, list[float]] = {name: [] for name in scenarios}
+
+        async def main() -> None:
+            for calls, measure in scenarios.values():  # warm-up
+                await measure(max(10, calls // 20))
+            for _ in range(repeats):
+                for name, (calls, measure) in scenarios.items():
+                    gc.collect()
+                    cpu_started = time.process_time()
+                    outcome = await measure(calls)
+                    cpu[name].append((time.process_time() - cpu_started) / calls)
+                    if name == "replayed":
+                        outcome, resume = outcome
+                        times["resume"].append(resume)
+                    times[name].append(outcome)
+
+        try:
+            asyncio.run(main())
+        finally:
+            if dbos is not None:
+                dbos[1]()
+            for orchestrator in (normal, synced):
+                assert orchestrator.journal is not None
+                orchestrator.journal.close()
+
+    def micro(name: str) -> list[float]:
+        return [seconds * 1e6 for seconds in times[name]]
+
+    def ratio(name: str, reference: str) -> list[float]:
+        return [s / r for s, r in zip(times[name], times[reference], strict=True)]
+
+    hand = "hand-written sqlite3 loop"
+    hand_fsync = "hand-written sqlite3 loop, synchronous=FULL"
+    rows = [
+        summarize(f"journal: {hand}", "us/call", micro("hand"), None, "baseline"),
+        summarize("journal: journaled call, sequential", "us/call", micro("sequential"), 50.0),
+        summarize(
+            f"journal: journaled call, sequential vs {hand}",
+            "x peer",
+            ratio("sequential", "hand"),
+            1.3,
+        ),
+        summarize(
+            f"journal: journaled call, sequential vs {hand}, in CPU time",
+            "x peer",
+            [s / r for s, r in zip(cpu["sequential"], cpu["hand"], strict=True)],
+        ),
+        summarize(
+            f"journal: map of {JOURNAL_MAP:,} journaled calls, "
+            f"concurrency={JOURNAL_MAP_CONCURRENCY}",
+            "us/call",
+            micro("map"),
+            35.0,
+        ),
+        summarize("journal: replayed call on resume", "us/call", micro("replayed"), 5.0),
+        summarize(
+            "journal: resuming a run, before its body, per record", "us/record", micro("resume")
+        ),
+        summarize(f"journal: {hand_fsync}", "us/call", micro("hand fsync"), None, "baseline"),
+        summarize('journal: journaled call, durability="fsync"', "us/call", micro("fsync")),
+        summarize(
+            f'journal: journaled call, durability="fsync" vs {hand_fsync}',
+            "x peer",
+            ratio("fsync", "hand fsync"),
+        ),
+        summarize(
+            f"journal: map of {JOURNAL_MAP:,} journaled calls, "
+            f'concurrency={JOURNAL_MAP_CONCURRENCY}, durability="fsync"',
+            "us/call",
+            micro("fsync map"),
+        ),
+    ]
+    if dbos is not None:
+        # DBOS's SQLite database keeps SQLite's defaults: a rollback journal, synchronous=FULL.
+        rows += [
+            summarize("journal: DBOS step (SQLite)", "us/call", micro("dbos"), None, "peer"),
+            summarize(
+                "journal: journaled call, sequential vs DBOS step",
+                "x peer",
+                ratio("sequential", "dbos"),
+            ),
+            summarize(
+                'journal: journaled call, durability="fsync" vs DBOS step',
+                "x peer",
+                ratio("fsync", "dbos"),
+            ),
+        ]
+    return rows
+
+
 # Report --------------------------------------------------------------------------------------
 
 
@@ -670,6 +941,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="few repeats, small sizes (a smoke test)"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("per-call", "fan-out", "pool", "processes", "fresh", "journal"),
+        help="run only this section (may be repeated)",
+    )
     parser.add_argument("--fanout", nargs=2, metavar=("SCENARIO", "TASKS"), help=argparse.SUPPRESS)
     parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--pool", nargs=3, help=argparse.SUPPRESS)
@@ -692,12 +969,24 @@ def main(argv: list[str] | None = None) -> int:
         per_call_repeats, scale, fanout_repeats, tasks, fresh_repeats = 15, 1.0, 5, FANOUT_TASKS, 20
         pool_items, pool_concurrency, pool_repeats = POOL_ITEMS, POOL_CONCURRENCY, POOL_REPEATS
         process_items, process_ms, process_repeats = 40, 50.0, 3
+    sections: dict[str, Callable[[], list[Row]]] = {
+        "per-call": lambda: run_per_call(per_call_repeats, scale),
+        "fan-out": lambda: run_fanout(fanout_repeats, tasks),
+        "pool": lambda: run_pool(pool_repeats, pool_items, pool_concurrency),
+        "processes": lambda: run_process_map(process_repeats, process_items, process_ms),
+        "fresh": lambda: run_fresh(fresh_repeats),
+        "journal": lambda: run_journal(per_call_repeats, scale),
+    }
     started = time.perf_counter()
-    rows = run_per_call(per_call_repeats, scale)
-    rows += run_fanout(fanout_repeats, tasks)
-    rows += run_pool(pool_repeats, pool_items, pool_concurrency)
-    rows += run_process_map(process_repeats, process_items, process_ms)
-    rows += run_fresh(fresh_repeats)
+    rows = []
+    for name, section in sections.items():
+        if args.only is None or name in args.only:
+            rows += section()
+    about = machine()
+    print(
+        f"{about['system']} {about['machine']}, {about['cpus']} CPUs, "
+        f"{about['implementation']} {about['python']}\n"
+    )
     print(table(rows))
     missed = [row.scenario for row in rows if row.met == "NO"]
     elapsed = time.perf_counter() - started

@@ -279,7 +279,7 @@ def test_records_survive_closing_and_reopening_the_journal(path: Path) -> None:
 
 def test_new_run_is_claimed_with_no_previous_status(journal: SQLiteJournal) -> None:
     opened = asyncio.run(journal.open_run("r", "app:main", (1,), {"b": 2}, started=50.0))
-    assert opened == (None, None, {})
+    assert opened == (None, None, {}, None)
     assert journal.list_runs() == [RunRecord("r", "app:main", "running", 50.0, None, "1, b=2")]
 
 
@@ -310,7 +310,7 @@ def test_run_that_succeeded_returns_its_result_without_being_claimed(
         return again, await journal.open_run("r", "app:main", (), {})
 
     again, twice = asyncio.run(scenario())
-    assert again == ("succeeded", {"order": [1, 2]}, {})
+    assert again == ("succeeded", {"order": [1, 2]}, {}, None)
     assert twice == again
     assert journal.list_runs()[0].ended == 60.0
 
@@ -324,7 +324,7 @@ def test_failed_run_reopens_with_its_successful_calls_only(journal: SQLiteJourna
         await journal.end_run("r", error=ConnectionError("down"))
         return await journal.open_run("r", "app:main", (), {})
 
-    previous, result, calls = asyncio.run(scenario())
+    previous, result, calls, _ = asyncio.run(scenario())
     assert (previous, result) == ("failed", None)
     assert sorted(calls) == ["1", "3.1"]
     name, args_hash, data = calls["1"]

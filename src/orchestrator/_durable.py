@@ -58,15 +58,24 @@ class _Done:
         self.value = value
 
 
+_UNLOADED: Any = object()
+
+
 class _OpenRun:
     """What the journal knows of one run in progress in this process."""
 
-    __slots__ = ("calls", "keys", "replayed", "run_id", "tries")
+    __slots__ = ("calls", "keys", "replayed", "results", "run_id", "tries")
 
-    def __init__(self, run_id: str, calls: dict[str, tuple[str, str, str | bytes]]) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        calls: dict[str, tuple[str, str, str | bytes]],
+        results: dict[str, Any] | None,
+    ) -> None:
         self.run_id = run_id
         # call key -> (action name, args hash, result data or _Done): the successes
         self.calls: dict[str, tuple[str, str, str | bytes | _Done]] = dict(calls)
+        self.results = {} if results is None else results  # call key -> result, loaded already
         self.keys: dict[int, str] = {}  # task id -> call key, to name each call's parent
         self.tries: dict[int, list[AttemptRecord]] = {}  # task id -> its attempts so far
         self.replayed: list[str] = []  # keys of the calls replayed from the file, to mark there
@@ -94,7 +103,7 @@ class JournalInterceptor(Interceptor):
             raise
         if opened.previous == "succeeded":
             return opened.result
-        state = _OpenRun(run.run_id, opened.calls)
+        state = _OpenRun(run.run_id, opened.calls, opened.results)
         token = self._open.set(state)
         try:
             result = await proceed()
@@ -137,7 +146,10 @@ class JournalInterceptor(Interceptor):
             if isinstance(stored, _Done):
                 return stored.value
             state.replayed.append(key)
-            return journal.load(stored, name, key)
+            # Each loaded result serves once: a key replayed again (its parent call retried)
+            # gets a fresh copy, as a live call would return a fresh value.
+            result = state.results.pop(key, _UNLOADED)
+            return journal.load(stored, name, key) if result is _UNLOADED else result
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
         try:
@@ -180,9 +192,10 @@ class JournalInterceptor(Interceptor):
         return result
 
     def intercept_attempt(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
-        """Time each attempt of a journaled call, for the record of the call."""
+        """Time each attempt of a retried journaled call, for the record of the call."""
         state = self._open.get(None)
-        if state is None or not call.action.journaled:
+        if state is None or call.action.retry is None or not call.action.journaled:
+            # Without a retry policy there is one attempt, and the call's record spans it.
             return proceed()
         return self._attempt(state, call, proceed)
 
@@ -201,6 +214,8 @@ class JournalInterceptor(Interceptor):
 def _attempts(state: _OpenRun, call: CallInfo[Any]) -> tuple[AttemptRecord, ...]:
     # A single attempt spans its call's record; those of a retried call are kept, each with the
     # wait that followed it.
+    if call.action.retry is None:
+        return ()  # one attempt, not timed apart (see intercept_attempt)
     tries = state.tries.pop(call.task_id, [])
     if len(tries) <= 1:
         return ()

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, TypeVar
 
 from . import _checks
 from ._errors import JournalError, JournalMismatchError
@@ -105,10 +106,6 @@ class JsonSerializer:
     tuple would come back as a list), and so are NaN and the infinities.
     """
 
-    def __init__(self) -> None:
-        # ASCII escapes keep a lone surrogate, which no UTF-8 text column can hold, a valid value.
-        self._encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
-
     def dumps(self, value: Any) -> str:
         """Return ``value`` as JSON text.
 
@@ -118,11 +115,49 @@ class JsonSerializer:
 
         """
         _check_json(value)
-        return self._encoder.encode(value)
+        return _json_codec()[0](value)
 
     def loads(self, data: str | bytes) -> Any:
         """Return the value of JSON text."""
+        if type(data) is str:
+            try:
+                value, end = _json_codec()[1](data)
+            except ValueError:
+                pass
+            else:
+                if end == len(data):
+                    return value
+        # Whitespace around the value, bytes, or not JSON: the json module's own way and errors.
         return json.loads(data)
+
+
+@functools.cache
+def _json_codec() -> tuple[Callable[[Any], str], Callable[[str], tuple[Any, int]]]:
+    """The JSON encoder and decoder of the journal, made at the first use of a journal."""
+    # ASCII escapes keep a lone surrogate, which no UTF-8 text column can hold, a valid value.
+    encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+    decode = json.JSONDecoder().raw_decode
+    # JSONEncoder.encode() builds a new C encoder on every call, which costs more than the
+    # encoding of a small value: build it once. No check for cycles, as _check_json() has
+    # been through the value first; json's Python encoder where the C one is missing.
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode, decode
+    try:
+        encode = make(
+            None,
+            encoder.default,
+            json.encoder.encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            False,
+            False,
+            False,
+        )
+    except TypeError:  # another signature than CPython's of 3.11 to 3.13
+        return encoder.encode, decode
+    return (lambda value: "".join(encode(value, 0))), decode
 
 
 class PickleSerializer:
@@ -154,6 +189,10 @@ class OpenedRun(NamedTuple):
     calls: dict[str, tuple[str, str, str | bytes]]
     """Each recorded successful call: ``call_key -> (action name, args hash, result data)``;
     ``load()`` gives the result."""
+    results: dict[str, Any] | None = None
+    """The results of ``calls``, loaded once as the run was opened: ``call_key -> value``.
+    Each serves one replay, taken out as it is used; a result missing here (never loaded, or
+    already used) is loaded from ``calls``."""
 
 
 class Journal(Protocol):
@@ -236,15 +275,50 @@ class Journal(Protocol):
         ...
 
 
-class _Batch:
-    """The statements one event loop queued in one iteration, committed together."""
+_QUEUED, _HANDED, _DONE = 0, 1, 2  # where a batch is: see _Batch.state
 
-    __slots__ = ("futures", "loop", "statements")
+
+class _Batch:
+    """The statements one event loop queued in one iteration, committed together.
+
+    Awaiting it (what ``record`` returns) returns once the batch is committed, or raises.
+    """
+
+    __slots__ = ("error", "futures", "loop", "state", "statements")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.statements: list[tuple[str, tuple[Any, ...]]] = []
+        self.state = _QUEUED
+        """_QUEUED until its flush on ``loop``, _HANDED while in the writer thread, _DONE."""
+        self.error: Callable[[], BaseException] | None = None
+        """Once done: None if committed, else what makes each record's error."""
         self.futures: list[asyncio.Future[None]] = []
+        """One per record awaited while the batch is in the writer thread."""
+
+    def finish(self, error: Callable[[], BaseException] | None) -> None:
+        """Settle the batch, on its loop: committed if ``error`` is None."""
+        self.state = _DONE
+        self.error = error
+        for future in self.futures:
+            if not future.done():  # its caller was cancelled
+                future.set_result(None)
+        self.futures.clear()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self.state == _QUEUED:
+            # A bare yield resumes the task in the next loop iteration, after the batch's
+            # flush, which was queued before this: one round trip, where a future takes two.
+            # A task cancelled here cancels only itself; its record is committed all the same.
+            yield
+        if self.state != _DONE:
+            # In the writer thread: each caller waits on a future of its own, so that a
+            # cancelled one leaves the others waiting.
+            future = self.loop.create_future()
+            self.futures.append(future)
+            yield from future.__await__()
+        if self.error is not None:
+            raise self.error()
 
 
 class _Call(NamedTuple):
@@ -310,6 +384,7 @@ class SQLiteJournal:
         if not isinstance(serializer, JsonSerializer):
             self._dumps = _checked(serializer.dumps)
         self._loads = serializer.loads
+        self._default_json = type(serializer) is JsonSerializer
         _journal_file.prepare(self.path)
         info = os.stat(self.path)
         self._key = (info.st_dev, info.st_ino)  # the file, under whatever name it is opened
@@ -356,7 +431,8 @@ class SQLiteJournal:
         """Claim the run ``run_id`` for this process, creating it if the journal has none.
 
         A run that succeeded is not claimed: its recorded result comes back. Any other run is
-        claimed, and its recorded successful calls come back, read in this one transaction.
+        claimed, and its recorded successful calls come back, read in this one transaction,
+        with their results loaded (``OpenedRun.results``).
 
         Args:
             run_id: The run's id, the key of the journal.
@@ -379,7 +455,10 @@ class SQLiteJournal:
             if not value:
                 raise ValueError(f"{name} must be a non-empty str, got ''")
         self._check_open()
-        data = self._encode_args(args, kwargs, f"run {run_id!r} (body {body!r})")
+        try:
+            data = self._args_data(args, kwargs)
+        except Exception as exc:
+            self._args_refused(args, kwargs, f"run {run_id!r} (body {body!r})", exc)
         args_hash = _hash(data)
         when = time.time() if started is None else started
         held = (self._key, run_id)
@@ -405,7 +484,18 @@ class SQLiteJournal:
                 result=self._load(opened.result, f"the result of run {run_id!r}")
             )
         self._open[run_id] = body
-        return opened
+        if not opened.calls:
+            return opened
+        # Loaded here, once, so that a replayed call only looks its result up. One that cannot
+        # be loaded is left to load() at its call, to fail that call as it would have.
+        results = {}
+        loads = self._loads
+        for key, (_, _, recorded) in opened.calls.items():
+            try:
+                results[key] = loads(recorded)
+            except Exception:
+                continue
+        return opened._replace(results=results)
 
     def _claim(
         self,
@@ -511,7 +601,12 @@ class SQLiteJournal:
                 the action and the key.
 
         """
-        data = self._encode_args(args, kwargs, f"action {action!r} at call key {call_key!r}")
+        try:
+            data = self._args_data(args, kwargs)
+        except Exception as exc:
+            # The message is made only on this failure path: every call has its arguments
+            # encoded, a replayed one too.
+            self._args_refused(args, kwargs, f"action {action!r} at call key {call_key!r}", exc)
         return data, _hash(data)
 
     def record(
@@ -606,7 +701,12 @@ class SQLiteJournal:
             JournalError: The serializer cannot load it; the message names the action and key.
 
         """
-        return self._load(data, f"the result of action {action!r} at call key {call_key!r}")
+        try:
+            return self._loads(data)
+        except Exception as exc:
+            # The message is made only on this failure path: a replayed call loads its result.
+            what = f"the result of action {action!r} at call key {call_key!r}"
+            raise self._load_error(what, exc) from exc
 
     # Inspection -----------------------------------------------------------------------------
 
@@ -760,7 +860,7 @@ class SQLiteJournal:
 
     # Writing --------------------------------------------------------------------------------
 
-    def _submit(self, sql: str, params: tuple[Any, ...]) -> asyncio.Future[None]:
+    def _submit(self, sql: str, params: tuple[Any, ...]) -> _Batch:
         loop = asyncio.get_running_loop()
         batch = self._batches.get(loop)
         if batch is None:
@@ -768,10 +868,7 @@ class SQLiteJournal:
             batch = self._batches[loop] = _Batch(loop)
             loop.call_soon(self._flush, batch)
         batch.statements.append((sql, params))
-        # One future per record: a caller cancelled while it waits cancels only its own.
-        future: asyncio.Future[None] = loop.create_future()
-        batch.futures.append(future)
-        return future
+        return batch
 
     def _flush(self, batch: _Batch) -> None:
         del self._batches[batch.loop]
@@ -780,7 +877,7 @@ class SQLiteJournal:
             return
         with self._fast_lock:
             if self._closed:
-                _settle(batch.futures, self._closed_error)
+                batch.finish(self._closed_error)
                 return
             try:
                 _commit(self._fast, batch.statements)
@@ -788,18 +885,19 @@ class SQLiteJournal:
                 if isinstance(exc, sqlite3.Error) and _busy(exc):
                     self._hand_over(batch)
                 else:
-                    _settle(batch.futures, _failing(self, exc))
+                    batch.finish(_failing(self, exc))
                 return
             self._commits += 1
             checkpoint = self._commits % _CHECKPOINT_EVERY == 0
-        _settle(batch.futures, None)
+        batch.finish(None)
         if checkpoint:
             # Outside a transaction: SQLite refuses to checkpoint inside one.
             self._enqueue(_Call(_checkpoint, transaction=False))
 
     def _hand_over(self, batch: _Batch) -> None:
+        batch.state = _HANDED
         if not self._enqueue(batch):
-            _settle(batch.futures, self._closed_error)
+            batch.finish(self._closed_error)
 
     async def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in a transaction: here if no lock is in the way, else in the writer."""
@@ -872,23 +970,34 @@ class SQLiteJournal:
         except Exception as exc:
             raise self._unserializable(what, "the value", value, exc) from exc
 
-    def _encode_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], whose: str) -> Any:
+    def _args_data(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | bytes:
         if len(kwargs) > 1:
             # Keyword order does not change a call, so it must not change its identity.
             kwargs = dict(sorted(kwargs.items()))
-        try:
-            return self._dumps([list(args), kwargs])
-        except Exception as exc:
-            # Find the argument at fault, for the message; only on this failure path.
-            named = [(f"argument {i}", value) for i, value in enumerate(args)]
-            named += [(f"argument {key!r}", value) for key, value in kwargs.items()]
-            for part, value in named:
-                try:
-                    self._dumps(value)
-                except Exception as inner:
-                    what = f"the arguments of {whose}"
-                    raise self._unserializable(what, part, value, inner) from inner
-            raise self._unserializable(f"the arguments of {whose}", "they", args, exc) from exc
+        if self._default_json:
+            # The list and the dict around the arguments are made here: only the arguments
+            # themselves need checking. Every call, a replayed one too, comes this way.
+            for value in args:
+                if type(value) not in _JSON_SCALARS:
+                    _check_json(value)
+            if kwargs:
+                _check_json(kwargs)
+            return _json_codec()[0]([list(args), kwargs])
+        return self._dumps([list(args), kwargs])
+
+    def _args_refused(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], whose: str, exc: Exception
+    ) -> NoReturn:
+        """Raise the error for arguments ``_args_data`` refused, naming the one at fault."""
+        named = [(f"argument {i}", value) for i, value in enumerate(args)]
+        named += [(f"argument {key!r}", value) for key, value in sorted(kwargs.items())]
+        for part, value in named:
+            try:
+                self._dumps(value)
+            except Exception as inner:
+                what = f"the arguments of {whose}"
+                raise self._unserializable(what, part, value, inner) from inner
+        raise self._unserializable(f"the arguments of {whose}", "they", args, exc) from exc
 
     def _unserializable(self, what: str, part: str, value: Any, exc: Exception) -> JournalError:
         if isinstance(self._serializer, JsonSerializer):
@@ -908,11 +1017,13 @@ class SQLiteJournal:
         try:
             return self._loads(data)
         except Exception as exc:
-            raise JournalError(
-                f"{what} in {self.path!r} cannot be loaded by the journal's serializer "
-                f"({type(exc).__name__}: {exc}); open the journal with the serializer that "
-                "wrote it"
-            ) from exc
+            raise self._load_error(what, exc) from exc
+
+    def _load_error(self, what: str, exc: Exception) -> JournalError:
+        return JournalError(
+            f"{what} in {self.path!r} cannot be loaded by the journal's serializer "
+            f"({type(exc).__name__}: {exc}); open the journal with the serializer that wrote it"
+        )
 
     def _show_args(self, data: str | bytes | None, run_id: str) -> str:
         if data is None:
@@ -961,7 +1072,7 @@ class _Writer:
                             error = exc
                     for batch in batches:
                         fail = None if error is None else _failing(journal, error)
-                        _deliver(batch.loop, _settle, batch.futures, fail)
+                        _deliver(batch.loop, batch.finish, fail)
                 elif kind is _Call:
                     for call in group:
                         self._run(call)  # type: ignore[arg-type]
@@ -1018,16 +1129,6 @@ def _deliver(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: An
         loop.call_soon_threadsafe(fn, *args)
 
 
-def _settle(futures: list[asyncio.Future[None]], error: Callable[[], BaseException] | None) -> None:
-    for future in futures:
-        if future.done():  # its caller was cancelled
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error())
-
-
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
@@ -1056,8 +1157,9 @@ def _busy(exc: sqlite3.Error) -> bool:
 
 
 def _hash(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return hashlib.blake2b(
+        data.encode() if isinstance(data, str) else data, digest_size=16
+    ).hexdigest()
 
 
 def _outcome(error: BaseException | None) -> tuple[str, str | None]:
