@@ -27,6 +27,7 @@ from . import _checks
 from ._events import TaskBeginEvent, TaskCompletionEvent, TaskErrorEvent, TaskRetryEvent
 from ._hooks import Hooks, fire, fire_all
 from ._interceptors import CallInfo
+from ._remote import NotSent
 from ._retry import RetryPolicy, as_policy, testing_mode
 from ._run import KEY, MADE, RUN, TASK_ID, Scope, next_key, outside_run, restart
 from ._timeout import limited
@@ -102,6 +103,7 @@ class Action(Generic[P, R]):
         timeout: float | None = None,
         inline: bool = False,
         journal: bool = True,
+        async_on_executor: bool = False,
     ) -> None:
         _checks.callable_("the action function", fn)
         binds = True
@@ -148,14 +150,16 @@ class Action(Generic[P, R]):
         self._fn: Callable[..., Any] = fn
         self._frames = frames
         self._hooks = hooks
-        self._asynchronous = asynchronous
-        # Async functions run on the event loop; the executor is for sync ones.
-        self._executor: Executor | None = None if asynchronous else executor
+        # Async functions run on the event loop, unless their action was given an executor
+        # that runs coroutines; the executor is for the others.
+        on_loop = asynchronous and not async_on_executor
+        self._on_loop = on_loop
+        self._executor: Executor | None = None if on_loop else executor
         self._direct = False
         self._observing = False
         self._tracked = False
-        # What calls the function: the function itself if async, else its executor's run.
-        self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if asynchronous else self._submit  # type: ignore[assignment]
+        # What calls the function: the function itself if on the loop, else its executor's run.
+        self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if on_loop else self._submit  # type: ignore[assignment]
         self._binds = binds
         self._choose()
         # updated=() keeps the wrapped object's __dict__ (an Action's own state) out of ours.
@@ -177,7 +181,7 @@ class Action(Generic[P, R]):
         """
         observed = self._hooks.observes_calls
         self._direct = (
-            self._asynchronous and not observed and self._timeout is None and self._policy is None
+            self._on_loop and not observed and self._timeout is None and self._policy is None
         )
         self._observing = observed
         # An observed call needs a record of its attempts only when it can make more than one
@@ -203,7 +207,7 @@ class Action(Generic[P, R]):
 
     @property
     def executor(self) -> Executor | None:
-        """Where the function runs: an executor for a sync function, None for an async one."""
+        """Where the function runs: an executor, or None for an async one on the event loop."""
         return self._executor
 
     def __repr__(self) -> str:
@@ -552,7 +556,11 @@ class Action(Generic[P, R]):
         return limited(self._start(*args, **kwargs), limit, self.name, by_deadline)
 
     async def _submit(self, *args: Any, **kwargs: Any) -> Any:
-        result = await self._executor.run(self._fn, args, kwargs)  # type: ignore[union-attr]
+        try:
+            result = await self._executor.run(self._fn, args, kwargs)  # type: ignore[union-attr]
+        except NotSent as exc:
+            # The executor knows what could not travel, the action which call it was.
+            raise exc.naming(self.name) from exc.__cause__
         if inspect.isawaitable(result):
             # A sync function may return an awaitable (made by a factory, say): await it.
             result = await result

@@ -8,7 +8,8 @@ has not started and stops waiting for it if it has; what "stop" means depends on
 and no executor can interrupt a sync function that is already running.
 
 ``Orchestrator(executor=...)`` sets the executor of an orchestrator's sync actions;
-``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop.
+``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop,
+unless an action's own ``executor=`` runs coroutines (``orchestrator.dask.DaskExecutor`` does).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Executor(Protocol):
     It is called on the event loop's thread, inside the call's context (so ``get_state()`` and
     anything an interceptor keeps current can travel with the work). Cancelling the awaitable
     means the caller no longer waits: drop the work if it has not started.
+
+    An executor that can also run an async function (awaiting its coroutine where it runs) says
+    so with a true class attribute ``runs_coroutines``; only such an executor may be given to an
+    async action's ``executor=``, and its ``run`` then receives the async function.
     """
 
     def run(
