@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,10 +52,11 @@ class DaskExecutor:
     Args:
         client: A ``distributed.Client``, synchronous or asynchronous, which the executor uses
             and never closes; or the address of a scheduler (``"tcp://scheduler:8786"``), to
-            which the executor connects a synchronous client of its own at once, closed by
-            :meth:`close` or at the end of a ``with`` block. A synchronous client serves runs
-            on any event loop (``run_sync()`` included); an asynchronous one only runs on the
-            event loop it was made in.
+            which the executor connects a synchronous client of its own at its first call (so
+            that a module that makes one at import connects nowhere when merely imported, as
+            by a worker), closed by :meth:`close` or at the end of a ``with`` block. A
+            synchronous client serves runs on any event loop (``run_sync()`` included); an
+            asynchronous one only the event loop it was made in.
 
     Raises:
         TypeError: ``client`` is neither a ``Client`` nor a str.
@@ -70,30 +72,57 @@ class DaskExecutor:
                 raise ValueError(
                     "client must be a distributed.Client or a non-empty scheduler address, got ''"
                 )
-            self.client: Client = Client(client)  # type: ignore[no-untyped-call]
-            """The client that submits the tasks."""
-            self.owns_client: bool = True
-            """Whether the executor made the client, and closes it in :meth:`close`."""
+            self.address: str | None = client
+            """The scheduler address the executor connects its own client to, or None."""
+            self._client: Client | None = None
         elif isinstance(client, Client):
-            self.client = client
-            self.owns_client = False
+            self.address = None
+            self._client = client
         else:
             raise TypeError(
                 "client must be a distributed.Client or a scheduler address such as "
                 f"'tcp://scheduler:8786', got {client!r}"
             )
+        self._connecting = threading.Lock()
+        self._closed = False
         # The calls waiting to be submitted, made in this turn of the client's event loop.
         self._batch: list[_Call] | None = None
         # The calls made in this turn of another event loop, waiting to cross to the client's.
         self._outboxes: dict[asyncio.AbstractEventLoop, list[_Remote]] = {}
 
     def __repr__(self) -> str:
-        return f"DaskExecutor({self.client!r})"
+        return f"DaskExecutor({self.address or self._client!r})"
+
+    @property
+    def client(self) -> Client | None:
+        """The client that submits the tasks: the one given, or the executor's own once made."""
+        return self._client
+
+    @property
+    def owns_client(self) -> bool:
+        """Whether the executor makes its client from an address, and closes it."""
+        return self.address is not None
 
     def close(self) -> None:
-        """Close the client if the executor made it from an address; else do nothing."""
-        if self.owns_client:
-            self.client.close()  # type: ignore[no-untyped-call]
+        """Close the client the executor made from an address; a client given is left open.
+
+        A closed executor that made its client refuses further calls (``RuntimeError``).
+        """
+        if self.address is None:
+            return
+        with self._connecting:
+            client, self._client, self._closed = self._client, None, True
+        if client is not None:
+            client.close()  # type: ignore[no-untyped-call]
+
+    def _connect(self) -> Client:
+        """The executor's own client, made at the first call (in a worker thread: it blocks)."""
+        with self._connecting:
+            if self._closed:
+                raise RuntimeError(f"{self!r} was closed; make another executor")
+            if self._client is None:
+                self._client = Client(self.address)  # type: ignore[no-untyped-call]
+            return self._client
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -110,14 +139,18 @@ class DaskExecutor:
     async def _run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        client = self._client
+        if client is None:
+            client = await asyncio.to_thread(self._connect)
         loop = asyncio.get_running_loop()
-        home: asyncio.AbstractEventLoop = self.client.loop.asyncio_loop  # type: ignore[union-attr]
+        home: asyncio.AbstractEventLoop = client.loop.asyncio_loop  # type: ignore[union-attr]
         if home is loop:
-            return await self._call(fn, args, kwargs)
-        return await self._bridge(loop, home, fn, args, kwargs)
+            return await self._call(client, fn, args, kwargs)
+        return await self._bridge(client, loop, home, fn, args, kwargs)
 
     async def _bridge(
         self,
+        client: Client,
         loop: asyncio.AbstractEventLoop,
         home: asyncio.AbstractEventLoop,
         fn: Callable[..., Any],
@@ -128,13 +161,13 @@ class DaskExecutor:
         # runs there as a task, and its outcome comes back to this loop.
         if not home.is_running():
             raise RuntimeError(
-                f"the event loop of {self.client!r} is not running: the client was closed, or "
+                f"the event loop of {client!r} is not running: the client was closed, or "
                 "it is an asynchronous Client, which serves only the event loop it was made in; "
                 "make such a client (and this executor) in the run's loop, or pass a "
                 "synchronous Client"
             )
         outcome: asyncio.Future[Any] = loop.create_future()
-        remote = _Remote(self, loop, outcome, fn, args, kwargs)
+        remote = _Remote(self, client, loop, outcome, fn, args, kwargs)
         # The calls made in one turn of this loop cross over together, so that they reach the
         # scheduler together.
         outbox = self._outboxes.get(loop)
@@ -162,13 +195,13 @@ class DaskExecutor:
         home.call_soon_threadsafe(_start, self._outboxes.pop(loop), context=contextvars.Context())
 
     async def _call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, client: Client, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         # On the client's event loop, from submission to result.
         call = _Call(fn, args, kwargs, asyncio.get_running_loop().create_future())
         if self._batch is None:
             self._batch = []
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush, client)
         self._batch.append(call)
         try:
             await call.submitted
@@ -178,7 +211,7 @@ class DaskExecutor:
             # in the batch is never submitted; a submitted task is cancelled, which Dask
             # does only once the coroutine of an asynchronous client's cancel() is awaited.
             if call.future is not None:
-                await self.client.cancel([call.future])  # type: ignore[no-untyped-call]
+                await client.cancel([call.future])  # type: ignore[no-untyped-call]
             raise
         except TypeError as exc:
             # Dask puts the root cause of a pickling failure in __cause__ (of the call) or in
@@ -197,11 +230,10 @@ class DaskExecutor:
             # Its submission may hold the exception this frame raises: no cycle through it.
             del call
 
-    def _flush(self) -> None:
+    def _flush(self, client: Client) -> None:
         """Submit the calls of the batch, at once: one graph, where Dask has to schedule many."""
         batch, self._batch = self._batch or [], None
         calls = [call for call in batch if not call.submitted.cancelled()]
-        client = self.client
         for sent, group in _by_wrapper(calls).items():
             if len(group) > 1:
                 try:
@@ -279,6 +311,7 @@ class _Remote:
 
     __slots__ = (
         "args",
+        "client",
         "executor",
         "fn",
         "kwargs",
@@ -290,6 +323,7 @@ class _Remote:
     def __init__(
         self,
         executor: DaskExecutor,
+        client: Client,
         loop: asyncio.AbstractEventLoop,
         outcome: asyncio.Future[Any],
         fn: Callable[..., Any],
@@ -297,6 +331,7 @@ class _Remote:
         kwargs: dict[str, Any],
     ) -> None:
         self.executor = executor
+        self.client = client
         self.loop = loop
         self.outcome = outcome
         self.fn = fn
@@ -307,7 +342,7 @@ class _Remote:
     def start(self) -> None:
         """On the client's loop: start the call."""
         self.task = asyncio.get_running_loop().create_task(
-            self.executor._call(self.fn, self.args, self.kwargs)
+            self.executor._call(self.client, self.fn, self.args, self.kwargs)
         )
         self.args = ()
         self.kwargs = {}

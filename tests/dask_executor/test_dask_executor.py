@@ -465,14 +465,31 @@ def test_an_asynchronous_client_whose_event_loop_has_ended_is_a_clear_error(
         orch.run_sync(orch.action(double), 1)
 
 
-def test_an_executor_made_from_an_address_closes_its_own_client(
+def test_an_executor_made_from_an_address_connects_at_its_first_call(
     dask_cluster: LocalCluster,
 ) -> None:
     with DaskExecutor(dask_cluster.scheduler_address) as executor:
         assert executor.owns_client
+        assert executor.client is None
         orch = Orchestrator(executor=executor)
         assert orch.run_sync(orch.action(double), 4) == 8
-    assert executor.client.status == "closed"
+        assert executor.client is not None
+        assert executor.client.status == "running"
+
+
+def test_an_executor_made_from_an_address_closes_its_client_and_refuses_later_calls(
+    dask_cluster: LocalCluster,
+) -> None:
+    executor = DaskExecutor(dask_cluster.scheduler_address)
+    orch = Orchestrator(executor=executor)
+    twice = orch.action(double)
+    assert orch.run_sync(twice, 4) == 8
+    client = executor.client
+    assert client is not None
+    executor.close()
+    assert client.status == "closed"
+    with pytest.raises(RuntimeError, match="was closed; make another executor"):
+        orch.run_sync(twice, 4)
 
 
 def test_an_executor_leaves_a_client_it_was_given_open(dask_client: Client) -> None:

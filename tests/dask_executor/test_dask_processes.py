@@ -92,6 +92,7 @@ def test_an_argument_that_cannot_be_pickled_names_the_action_and_the_cause(
         "pickle '_thread.lock' object; its function and arguments must pickle (make locks, "
         "connections and open files inside the function)"
     )
+    assert str(caught.value.__cause__).startswith("('Could not serialize object of type")
 
 
 def test_a_result_that_cannot_be_pickled_names_the_action_and_the_cause(
@@ -105,6 +106,7 @@ def test_a_result_that_cannot_be_pickled_names_the_action_and_the_cause(
         "TypeError: cannot pickle '_thread.lock' object; the function must return a value "
         "that pickles"
     )
+    assert str(caught.value.__cause__).startswith("Could not serialize object of type lock")
 
 
 def test_a_worker_killed_mid_task_fails_the_call_with_killed_worker(
