@@ -165,6 +165,11 @@ def test_functions_on_workers_can_use_dasks_get_worker_and_get_client(
     assert scheduler == dask_cluster.scheduler_address
 
 
+def test_a_lambda_runs_on_dask(dask_executor: DaskExecutor) -> None:
+    orch = Orchestrator(executor=dask_executor)
+    assert orch.run_sync(orch.action(lambda x: x + 1, name="increment"), 41) == 42
+
+
 def test_get_state_on_a_worker_says_the_context_stays_with_the_run(
     dask_executor: DaskExecutor,
 ) -> None:
