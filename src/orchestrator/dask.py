@@ -39,10 +39,11 @@ class DaskExecutor:
     A call is submitted with ``pure=False``; the calls made in one turn of the event loop (the
     items of a ``map()``, say) go to the scheduler together. A call that times out or is
     cancelled cancels its task before it ends, so a task still queued when the cancellation
-    reaches the scheduler never starts; a task already running on a worker runs to its end (Dask
-    cannot interrupt it) and its result is dropped. Each retry submits a new task. Dask's ``FutureCancelledError`` (the task was
-    cancelled by someone else) is not retried; ``KilledWorker`` is retried like any failure,
-    although Dask raises it only after rescheduling the task each time a worker died running it
+    reaches the scheduler never starts; a task already running on a worker runs to its end
+    (Dask cannot interrupt it) and its result is dropped. Each retry submits a new task. Dask's
+    ``FutureCancelledError`` (the task was cancelled by someone else) is not retried;
+    ``KilledWorker`` is retried like any failure, although Dask raises it only after
+    rescheduling the task each time a worker died running it
     (``distributed.scheduler.allowed-failures`` times, 3 by default).
 
     Functions and their arguments travel by pickle (cloudpickle where pickle fails); a call
