@@ -139,11 +139,25 @@ def as_executor(name: str, value: object) -> Executor:
     """
     if isinstance(value, concurrent.futures.Executor):
         return FuturesExecutor(value)
+    if _is_dask_client(value):
+        # Its repr (address, memory) is left out: the type says what was passed.
+        raise TypeError(
+            f"{name} must be an Executor, got a distributed.Client, whose own run() runs a "
+            "function on every worker; pass DaskExecutor(client), from orchestrator.dask"
+        )
     if isinstance(value, Executor):
         return value
     raise TypeError(
         f"{name} must be an Executor (an object with a run(fn, args, kwargs) method, such as "
         f"ThreadExecutor) or a concurrent.futures.Executor, got {value!r}"
+    )
+
+
+def _is_dask_client(value: object) -> bool:
+    # Recognised without importing distributed, which only orchestrator.dask may import.
+    return any(
+        kind.__name__ == "Client" and kind.__module__ == "distributed.client"
+        for kind in type(value).__mro__
     )
 
 
