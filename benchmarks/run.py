@@ -890,6 +890,32 @@ def run_journal(repeats: int, scale: float) -> list[Row]:
                 ratio("fsync", "dbos"),
             ),
         ]
+
+
+# Dask ------------------------------------------------------------------------------------------
+
+
+def run_dask(quick: bool) -> list[Row]:
+    """The rows of ``on_dask.py``, run in a child process; none without the dask extra."""
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:
+        return []
+    script = Path(__file__).with_name("on_dask.py")
+    done = subprocess.run(
+        [sys.executable, str(script), *(["--quick"] if quick else [])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = []
+    for line in done.stdout.splitlines():
+        found = json.loads(line)
+        rows.append(
+            summarize(
+                found["scenario"], found["unit"], found["samples"], found["target"], found["kind"]
+            )
+        )
     return rows
 
 
@@ -987,6 +1013,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{about['system']} {about['machine']}, {about['cpus']} CPUs, "
         f"{about['implementation']} {about['python']}\n"
     )
+
+    rows = run_per_call(per_call_repeats, scale)
+    rows += run_fanout(fanout_repeats, tasks)
+    rows += run_pool(pool_repeats, pool_items, pool_concurrency)
+    rows += run_fresh(fresh_repeats)
+    rows += run_dask(args.quick)
     print(table(rows))
     missed = [row.scenario for row in rows if row.met == "NO"]
     elapsed = time.perf_counter() - started

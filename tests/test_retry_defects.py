@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 import sys
 
@@ -190,3 +191,19 @@ def test_a_recursion_error_in_nested_retried_actions_runs_each_level_once() -> N
 def test_runtime_error_is_still_retried_by_the_default_retry_on() -> None:
     attempts = _attempts_until_failure(Orchestrator(), RetryPolicy(retries=2), RuntimeError("x"))
     assert attempts == 3
+
+
+# Work cancelled where it ran ----------------------------------------------------------------
+
+
+def test_work_cancelled_where_it_ran_is_not_retried_by_the_default_retry_on() -> None:
+    # What an executor's future raises when its owner cancelled the work (Dask's
+    # FutureCancelledError is one).
+    cancelled = concurrent.futures.CancelledError("cancelled by its owner")
+    assert _attempts_until_failure(Orchestrator(), RetryPolicy(retries=3), cancelled) == 1
+
+
+def test_work_cancelled_where_it_ran_is_retried_when_retry_on_names_it() -> None:
+    policy = RetryPolicy(retries=2, retry_on=concurrent.futures.CancelledError)
+    cancelled = concurrent.futures.CancelledError("cancelled by its owner")
+    assert _attempts_until_failure(Orchestrator(), policy, cancelled) == 3

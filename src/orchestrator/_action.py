@@ -103,6 +103,7 @@ class Action(Generic[P, R]):
         timeout: float | None = None,
         inline: bool = False,
         journal: bool = True,
+        async_on_executor: bool = False,
     ) -> None:
         _checks.callable_("the action function", fn)
         binds = True
@@ -149,14 +150,16 @@ class Action(Generic[P, R]):
         self._fn: Callable[..., Any] = fn
         self._frames = frames
         self._hooks = hooks
-        self._asynchronous = asynchronous
-        # Async functions run on the event loop; the executor is for sync ones.
-        self._executor: Executor | None = None if asynchronous else executor
+        # Async functions run on the event loop, unless their action was given an executor
+        # that runs coroutines; the executor is for the others.
+        on_loop = asynchronous and not async_on_executor
+        self._on_loop = on_loop
+        self._executor: Executor | None = None if on_loop else executor
         self._direct = False
         self._observing = False
         self._tracked = False
-        # What calls the function: the function itself if async, else its executor's run.
-        self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if asynchronous else self._submit  # type: ignore[assignment]
+        # What calls the function: the function itself if on the loop, else its executor's run.
+        self._start: Callable[..., Coroutine[Any, Any, Any]] = fn if on_loop else self._submit  # type: ignore[assignment]
         self._binds = binds
         self._choose()
         # updated=() keeps the wrapped object's __dict__ (an Action's own state) out of ours.
@@ -178,7 +181,7 @@ class Action(Generic[P, R]):
         """
         observed = self._hooks.observes_calls
         self._direct = (
-            self._asynchronous and not observed and self._timeout is None and self._policy is None
+            self._on_loop and not observed and self._timeout is None and self._policy is None
         )
         self._observing = observed
         # An observed call needs a record of its attempts only when it can make more than one
@@ -204,7 +207,7 @@ class Action(Generic[P, R]):
 
     @property
     def executor(self) -> Executor | None:
-        """Where the function runs: an executor for a sync function, None for an async one."""
+        """Where the function runs: an executor, or None for an async one on the event loop."""
         return self._executor
 
     def __repr__(self) -> str:

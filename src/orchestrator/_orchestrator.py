@@ -382,7 +382,9 @@ class Orchestrator(Generic[C]):
             timeout: The time limit of each attempt in seconds, or None for none.
             inline: Run a sync function on the event loop's thread instead of a worker thread.
             executor: Where a sync function runs, instead of the orchestrator's executor: an
-                ``Executor`` or a ``concurrent.futures.Executor``.
+                ``Executor`` or a ``concurrent.futures.Executor``. An async function runs on
+                the event loop, unless this is an executor that runs coroutines
+                (``runs_coroutines``, such as :class:`~orchestrator.dask.DaskExecutor`).
             journal: False to keep the action's calls out of the orchestrator's journal: they
                 are never recorded, and run again on every resume (a token fetched, a cheap
                 read).
@@ -390,7 +392,8 @@ class Orchestrator(Generic[C]):
         Raises:
             TypeError: ``fn`` is not callable, or an option has the wrong type.
             ValueError: An option is out of range, ``inline`` is combined with a timeout, an
-                executor or an async function, or ``executor`` is given for an async function.
+                executor or an async function, or ``executor`` is given for an async function
+                and does not run coroutines.
 
         """
         options: dict[str, Any] = {
@@ -416,10 +419,11 @@ class Orchestrator(Generic[C]):
                     "pass one of them"
                 )
             executor = as_executor("executor", executor)
-            if is_async(fn):
+            if is_async(fn) and not getattr(executor, "runs_coroutines", False):
                 raise ValueError(
-                    f"executor= applies to sync functions, and {fn!r} is async: async actions "
-                    "run on the event loop; drop executor="
+                    f"executor={executor!r} cannot run {fn!r}, which is async: async actions "
+                    "run on the event loop, or on an executor that runs coroutines (such as "
+                    "orchestrator.dask.DaskExecutor); drop executor="
                 )
         action = Action(
             fn,
@@ -431,6 +435,8 @@ class Orchestrator(Generic[C]):
             inline=options["inline"],
             executor=self._executor if executor is None else executor,
             journal=options["journal"],
+            # Only an action's own executor= takes an async function off the event loop.
+            async_on_executor=executor is not None,
         )
         self._actions.add(action)
         return action

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import CancelledError as FuturesCancelled
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeAlias
@@ -38,9 +39,11 @@ class RetryPolicy:
             seconds to wait before the retry instead of the schedule (for example, from a
             ``Retry-After`` header). Only ``Exception`` subclasses are ever retried:
             cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are. ``RecursionError``
-            is retried only when ``retry_on`` names it (or a subclass), alone or in a tuple, or
-            a predicate accepts it; a broader type such as ``Exception`` leaves it out. A call
-            with arguments the function cannot accept is never retried, whatever this says.
+            and ``concurrent.futures.CancelledError`` (work cancelled where it ran, such as
+            Dask's ``FutureCancelledError``) are retried only when ``retry_on`` names them (or a
+            subclass), alone or in a tuple, or a predicate accepts them; a broader type such as
+            ``Exception`` leaves them out. A call with arguments the function cannot accept is
+            never retried, whatever this says.
         deadline: A budget in seconds for all attempts and waits of one call together, or
             None. Each attempt's time limit shrinks to what is left of it, and no retry is
             scheduled whose wait would end past it.
@@ -137,9 +140,13 @@ class RetryPolicy:
         if isinstance(retry_on, type | tuple):
             if not isinstance(error, retry_on):
                 return None
-            if isinstance(error, RecursionError) and not _names_recursion(retry_on):
+            if isinstance(error, RecursionError) and not _names(retry_on, RecursionError):
                 # Retried, a recursion that went too deep would go as deep again at every
                 # level of nested retried calls: the attempts multiply at each level.
+                return None
+            if isinstance(error, FuturesCancelled) and not _names(retry_on, FuturesCancelled):
+                # Work cancelled where it ran (Dask's FutureCancelledError, say) was stopped on
+                # purpose by whoever runs it; submitting it again would overrule them.
                 return None
             return -1.0
         verdict = retry_on(error)
@@ -153,9 +160,9 @@ class RetryPolicy:
         )
 
 
-def _names_recursion(retry_on: type[Exception] | tuple[type[Exception], ...]) -> bool:
+def _names(retry_on: type[Exception] | tuple[type[Exception], ...], kind: type) -> bool:
     kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    return any(issubclass(kind, RecursionError) for kind in kinds)
+    return any(issubclass(named, kind) for named in kinds)
 
 
 def _check_retry_on(retry_on: object) -> None:

@@ -8,8 +8,8 @@ has not started and stops waiting for it if it has; what "stop" means depends on
 and no executor can interrupt a sync function that is already running.
 
 ``Orchestrator(executor=...)`` sets the executor of an orchestrator's sync actions;
-``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop:
-none of the executors here runs coroutines.
+``orchestrator.action(fn, executor=...)`` sets one action's. Async actions run on the event loop,
+unless an action's own ``executor=`` runs coroutines (``orchestrator.dask.DaskExecutor`` does).
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ class Executor(Protocol):
     It is called on the event loop's thread, inside the call's context (so ``get_state()`` and
     anything an interceptor keeps current can travel with the work). Cancelling the awaitable
     means the caller no longer waits: drop the work if it has not started.
+
+    An executor that can also run an async function (awaiting its coroutine where it runs) says
+    so with a true class attribute ``runs_coroutines``; only such an executor may be given to an
+    async action's ``executor=``, and its ``run`` then receives the async function.
     """
 
     def run(
@@ -151,11 +155,25 @@ def as_executor(name: str, value: object) -> Executor:
     """
     if isinstance(value, concurrent.futures.Executor):
         return FuturesExecutor(value)
+    if _is_dask_client(value):
+        # Its repr (address, memory) is left out: the type says what was passed.
+        raise TypeError(
+            f"{name} must be an Executor, got a distributed.Client, whose own run() runs a "
+            "function on every worker; pass DaskExecutor(client), from orchestrator.dask"
+        )
     if isinstance(value, Executor):
         return value
     raise TypeError(
         f"{name} must be an Executor (an object with a run(fn, args, kwargs) method, such as "
         f"ThreadExecutor) or a concurrent.futures.Executor, got {value!r}"
+    )
+
+
+def _is_dask_client(value: object) -> bool:
+    # Recognised without importing distributed, which only orchestrator.dask may import.
+    return any(
+        kind.__name__ == "Client" and kind.__module__ == "distributed.client"
+        for kind in type(value).__mro__
     )
 
 

@@ -1,0 +1,1 @@
+"""Tests of orchestrator.dask, on Dask clusters made for them."""
