@@ -890,6 +890,7 @@ def run_journal(repeats: int, scale: float) -> list[Row]:
                 ratio("fsync", "dbos"),
             ),
         ]
+    return rows
 
 
 # Dask ------------------------------------------------------------------------------------------
@@ -970,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("per-call", "fan-out", "pool", "processes", "fresh", "journal"),
+        choices=("per-call", "fan-out", "pool", "processes", "fresh", "journal", "dask"),
         help="run only this section (may be repeated)",
     )
     parser.add_argument("--fanout", nargs=2, metavar=("SCENARIO", "TASKS"), help=argparse.SUPPRESS)
@@ -1002,6 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": lambda: run_process_map(process_repeats, process_items, process_ms),
         "fresh": lambda: run_fresh(fresh_repeats),
         "journal": lambda: run_journal(per_call_repeats, scale),
+        "dask": lambda: run_dask(args.quick),
     }
     started = time.perf_counter()
     rows = []
