@@ -1015,12 +1015,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{about['system']} {about['machine']}, {about['cpus']} CPUs, "
         f"{about['implementation']} {about['python']}\n"
     )
-
-    rows = run_per_call(per_call_repeats, scale)
-    rows += run_fanout(fanout_repeats, tasks)
-    rows += run_pool(pool_repeats, pool_items, pool_concurrency)
-    rows += run_fresh(fresh_repeats)
-    rows += run_dask(args.quick)
     print(table(rows))
     missed = [row.scenario for row in rows if row.met == "NO"]
     elapsed = time.perf_counter() - started
