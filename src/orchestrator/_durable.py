@@ -18,6 +18,7 @@ from contextvars import ContextVar
 from dataclasses import replace
 from typing import Any
 
+from ._describe import describe
 from ._errors import JournalError, JournalMismatchError
 from ._interceptors import CallInfo, Interceptor, Proceed
 from ._journal import Journal, _differing, _show
@@ -152,10 +153,9 @@ class JournalInterceptor(Interceptor):
             return journal.load(stored, name, key) if result is _UNLOADED else result
         parent = state.keys.get(call.parent_id) if call.parent_id is not None else None
         started = time.time()
-        try:
-            result = await proceed()
-        except BaseException as exc:
-            record = journal.record(
+
+        def record(**outcome: Any) -> Awaitable[None]:
+            return journal.record(
                 state.run_id,
                 key,
                 name,
@@ -164,27 +164,20 @@ class JournalInterceptor(Interceptor):
                 args_hash=args_hash,
                 started=started,
                 ended=time.time(),
-                error=exc,
                 attempts=_attempts(state, call),
+                **outcome,
             )
+
+        try:
+            result = await proceed()
+        except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 # Unwinding a cancellation must not wait; a failed call runs again anyway.
-                asyncio.ensure_future(record).add_done_callback(_retrieve)
+                asyncio.ensure_future(record(error=exc)).add_done_callback(_retrieve)
             else:
-                await record
+                await record(error=exc)
             raise
-        await journal.record(
-            state.run_id,
-            key,
-            name,
-            parent_key=parent,
-            args=data,
-            args_hash=args_hash,
-            started=started,
-            ended=time.time(),
-            result=result,
-            attempts=_attempts(state, call),
-        )
+        await record(result=result)
         if call.parent_id is not None:
             # A retry of the caller makes this call again under this key, and it must not run
             # twice. The body makes each of its calls once, so only nested ones are kept.
@@ -205,7 +198,7 @@ class JournalInterceptor(Interceptor):
         try:
             result = await proceed()
         except BaseException as exc:
-            tries.append(AttemptRecord(call.attempts, started, time.time(), _describe(exc)))
+            tries.append(AttemptRecord(call.attempts, started, time.time(), describe(exc)))
             raise
         tries.append(AttemptRecord(call.attempts, started, time.time()))
         return result
@@ -225,11 +218,6 @@ def _attempts(state: _OpenRun, call: CallInfo[Any]) -> tuple[AttemptRecord, ...]
         else attempt
         for attempt, later in zip(tries, [*tries[1:], None], strict=True)
     )
-
-
-def _describe(error: BaseException) -> str:
-    message = str(error)
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 async def _mark(journal: Journal, state: _OpenRun) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, TypeVar
 from . import _checks
 from ._errors import JournalError, JournalMismatchError
 from ._lazy import lazy_module
+from ._threads import set_exception, set_result
 
 if TYPE_CHECKING:
     import hashlib
@@ -1093,10 +1094,10 @@ class _Writer:
                     self.checkpoint_error = exc
                     return
                 error = exc if isinstance(exc, JournalError) else journal._failure(exc)
-                _deliver(call.loop, _set_exception, call.future, error)
+                _deliver(call.loop, set_exception, call.future, error)
                 return
         if call.loop is not None:
-            _deliver(call.loop, _set_result, call.future, outcome)
+            _deliver(call.loop, set_result, call.future, outcome)
 
 
 def _checked(dumps: Callable[[Any], Any]) -> Callable[[Any], str | bytes]:
@@ -1127,16 +1128,6 @@ def _deliver(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: An
     # RuntimeError: the loop was closed meanwhile, so nobody is left waiting.
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)
-
-
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 def _commit(conn: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> None:

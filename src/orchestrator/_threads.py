@@ -87,16 +87,16 @@ class _Job:
 
     def run(self) -> None:
         """Call the function in this thread and hand its outcome to the loop."""
-        setter: Callable[[asyncio.Future[Any], Any], None] = _set_result
+        setter: Callable[[asyncio.Future[Any], Any], None] = set_result
         try:
             outcome = self.context.run(self.fn, *self.args, **self.kwargs)
         except StopIteration as exc:
             # A future cannot hold StopIteration; turn it into what a coroutine would raise.
             outcome = RuntimeError(f"{self.fn!r} raised StopIteration")
             outcome.__cause__ = exc
-            setter = _set_exception
+            setter = set_exception
         except BaseException as exc:
-            outcome, setter = exc, _set_exception
+            outcome, setter = exc, set_exception
         loop, future = self.loop, self.future
         # Before the hand-over, so that once the caller has the outcome nothing of the call
         # (its arguments, the run in the contextvars) is left in this thread.
@@ -115,12 +115,14 @@ _Inbox: TypeAlias = "queue.SimpleQueue[_Job | None]"
 """How a thread receives its next job; None tells an idle thread to exit."""
 
 
-def _set_result(future: asyncio.Future[Any], value: Any) -> None:
+def set_result(future: asyncio.Future[Any], value: Any) -> None:
+    """Give ``future`` its result, unless it is done already (cancelled by its waiter)."""
     if not future.done():
         future.set_result(value)
 
 
-def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+def set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Give ``future`` its exception, unless it is done already (cancelled by its waiter)."""
     if not future.done():
         future.set_exception(exc)
 
@@ -255,7 +257,7 @@ class WorkerPool:
                 except Exception as exc:
                     # Its caller waits for it, not the one here: the failure is theirs to see.
                     with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits
-                        loop.call_soon_threadsafe(_set_exception, future, exc)
+                        loop.call_soon_threadsafe(set_exception, future, exc)
 
     def _next_queued(self) -> _Job | None:
         # With the lock held: the oldest queued job that a caller still waits for.
