@@ -548,6 +548,19 @@ def test_recover_reports_a_journal_error_raised_inside_the_resumed_run_as_failed
     assert line.startswith("r: failed again, JournalError: cannot record the result of action")
 
 
+def test_recover_resumes_runs_although_another_run_holds_a_value_it_cannot_load(
+    flows: ModuleType, path: Path
+) -> None:
+    flows.orch.run_sync(flows.steps, 1, run_id="done")
+    flows.failing.add(1)
+    with pytest.raises(ConnectionError):
+        flows.orch.run_sync(flows.steps, 1, run_id="r")
+    flows.failing.clear()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE runs SET result = 'not JSON' WHERE run_id = 'done'")
+    assert asyncio.run(flows.orch.recover()) == ["r: resumed and finished"]
+
+
 def test_recover_leaves_completed_runs_alone(flows: ModuleType) -> None:
     flows.orch.run_sync(flows.steps, 2, run_id="r")
     flows.ran.clear()

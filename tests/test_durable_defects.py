@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator import Orchestrator, RetryPolicy
+from orchestrator import JournalError, Orchestrator, RetryPolicy
 
 NO_WAIT = RetryPolicy(retries=1, delay=0.0, jitter=0.0)
 
@@ -78,3 +78,33 @@ def test_a_resume_replays_a_nested_call_that_a_later_attempt_of_its_caller_made_
         resumed.run_sync(body, 5, run_id="order-1")
 
     assert charged == []
+
+
+def test_a_run_whose_end_cannot_be_committed_raises_the_journal_error(tmp_path: Path) -> None:
+    orch = Orchestrator(journal=tmp_path / "runs.db")
+    assert orch.journal is not None
+    journal = orch.journal
+
+    async def body() -> str:
+        journal.close()  # the end of the run can no longer be committed
+        return "done"
+
+    with pytest.raises(JournalError, match="closed"):
+        orch.run_sync(body, run_id="r")
+
+
+def test_a_failed_run_raises_its_own_error_when_the_journal_cannot_record_it(
+    tmp_path: Path,
+) -> None:
+    orch = Orchestrator(journal=tmp_path / "runs.db")
+    assert orch.journal is not None
+    journal = orch.journal
+
+    async def body() -> None:
+        journal.close()
+        raise ConnectionError("the carrier is down")
+
+    with pytest.raises(ConnectionError, match="the carrier is down") as caught:
+        orch.run_sync(body, run_id="r")
+    (note,) = caught.value.__notes__
+    assert note.startswith("the journal could not record how run 'r' ended: ")

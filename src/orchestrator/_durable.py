@@ -109,18 +109,17 @@ class JournalInterceptor(Interceptor):
         try:
             result = await proceed()
         except BaseException as exc:
-            await _mark(journal, state)
-            await journal.end_run(run.run_id, error=exc)
+            try:
+                await _end(journal, state, error=exc)
+            except JournalError as failure:
+                # The run's own failure is what the caller must see; the journal's is a note.
+                exc.add_note(
+                    f"the journal could not record how run {run.run_id!r} ended: {failure}"
+                )
             raise
         finally:
             self._open.reset(token)
-        await _mark(journal, state)
-        try:
-            await journal.end_run(run.run_id, result=result)
-        except JournalError as exc:
-            # The result could not be recorded: the run is recorded as failed with that error.
-            await journal.end_run(run.run_id, error=exc)
-            raise
+        await _end(journal, state, result=result)
         return result
 
     def intercept_call(self, call: CallInfo[Any], proceed: Proceed) -> Awaitable[Any]:
@@ -171,11 +170,15 @@ class JournalInterceptor(Interceptor):
         try:
             result = await proceed()
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                # Unwinding a cancellation must not wait; a failed call runs again anyway.
-                asyncio.ensure_future(record(error=exc)).add_done_callback(_retrieve)
-            else:
-                await record(error=exc)
+            try:
+                if isinstance(exc, asyncio.CancelledError):
+                    # Unwinding a cancellation must not wait; a failed call runs again anyway.
+                    asyncio.ensure_future(record(error=exc)).add_done_callback(_retrieve)
+                else:
+                    await record(error=exc)
+            except JournalError as failure:
+                # The call's own failure is what its caller must see; the journal's is a note.
+                exc.add_note(f"the journal could not record it: {failure}")
             raise
         await record(result=result)
         if call.parent_id is not None:
@@ -218,6 +221,30 @@ def _attempts(state: _OpenRun, call: CallInfo[Any]) -> tuple[AttemptRecord, ...]
         else attempt
         for attempt, later in zip(tries, [*tries[1:], None], strict=True)
     )
+
+
+async def _end(
+    journal: Journal, state: _OpenRun, *, result: Any = None, error: BaseException | None = None
+) -> None:
+    """Record how the run ended, and release it, whatever else fails.
+
+    Raises:
+        JournalError: The replays, the run's end or its result could not be recorded.
+    """
+    try:
+        await _mark(journal, state)
+    finally:
+        try:
+            await journal.end_run(state.run_id, result=result, error=error)
+        except JournalError as failure:
+            if error is not None:
+                raise
+            # The result could not be recorded: the run is recorded as failed with that error,
+            # if the journal still holds it open (it does when the result did not serialize;
+            # a commit that failed released it already).
+            with contextlib.suppress(ValueError):
+                await journal.end_run(state.run_id, error=failure)
+            raise
 
 
 async def _mark(journal: Journal, state: _OpenRun) -> None:

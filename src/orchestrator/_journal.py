@@ -267,6 +267,10 @@ class Journal(Protocol):
         """Return the arguments a run's body was recorded with."""
         ...
 
+    def unfinished(self) -> list[tuple[str, str]]:
+        """Return ``(run id, body)`` of every run that has not succeeded, oldest first."""
+        ...
+
     def prune(self, older_than_seconds: float) -> int:
         """Delete finished runs that ended long enough ago."""
         ...
@@ -571,10 +575,12 @@ class SQLiteJournal:
 
         Raises:
             ValueError: The run is not open in this journal.
-            JournalError: The result cannot be serialized (the run stays open, so that it
-                can be ended with that error); or the record cannot be committed.
+            JournalError: The journal is closed; the result cannot be serialized (the run stays
+                open, so that it can be ended with that error); or the record cannot be
+                committed.
 
         """
+        self._check_open()
         body = self._open.get(run_id)
         if body is None:
             raise ValueError(f"run {run_id!r} is not open in this journal; open_run() it first")
@@ -795,6 +801,22 @@ class SQLiteJournal:
             raise KeyError(run_id)
         args, kwargs = self._load(rows[0][0], f"the arguments of run {run_id!r}")
         return tuple(args), dict(kwargs)
+
+    def unfinished(self) -> list[tuple[str, str]]:
+        """Return ``(run id, body)`` of every run that has not succeeded, oldest first.
+
+        Nothing is loaded by the serializer, so a value it cannot load any more (in this run
+        or another) does not keep the others from being listed.
+
+        Raises:
+            JournalError: The journal is closed or cannot be read.
+
+        """
+        rows = self._read(
+            "SELECT run_id, body FROM runs WHERE status != 'succeeded' ORDER BY started, run_id",
+            (),
+        )
+        return [(run_id, body) for run_id, body in rows]
 
     def prune(self, older_than_seconds: float) -> int:
         """Delete the runs that ended more than ``older_than_seconds`` ago, with their calls.

@@ -558,14 +558,11 @@ class Orchestrator(Generic[C]):
         from ._durable import refusals  # the journal is loaded once an orchestrator has one
 
         outcomes = []
-        for record in journal.list_runs():
-            if record.status == "succeeded":
-                continue
-            run_id = record.run_id
+        for run_id, reference in journal.unfinished():
             try:
-                body = _import(record.body)
+                body = _import(reference)
             except Exception as exc:
-                outcomes.append(f"{run_id}: skipped, body {record.body} cannot be imported ({exc})")
+                outcomes.append(f"{run_id}: skipped, body {reference} cannot be imported ({exc})")
                 continue
             try:
                 args, kwargs = journal.arguments(run_id)
