@@ -30,18 +30,19 @@ def error_type(error: BaseException) -> str:
     return type(error).__qualname__
 
 
-def describe(error: BaseException) -> str:
+def describe(error: BaseException, limit: int | None = MESSAGE_LENGTH) -> str:
     """``"TypeName: message"``, or the type's name alone when the message is empty.
 
-    Never raises: an exception whose message cannot be made is described by its type, since
-    this runs in hooks, where raising would change the outcome of the work being described.
+    The message is cut to ``limit`` characters (None: never). Never raises: an exception whose
+    message cannot be made is described by its type, since this runs in hooks and while a
+    failure is recorded, where raising would replace the failure being described.
     """
     try:
         message = str(error)
     except Exception:
         return f"{error_type(error)} (its message could not be made)"
-    if len(message) > MESSAGE_LENGTH:
-        message = message[: MESSAGE_LENGTH - 1] + "…"
+    if limit is not None and len(message) > limit:
+        message = message[: limit - 1] + "…"
     return f"{error_type(error)}: {message}" if message else error_type(error)
 
 

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, TypeVar
 
-from . import _checks
+from . import _checks, _describe
 from ._errors import JournalError, JournalMismatchError
 from ._lazy import lazy_module
 from ._threads import set_exception, set_result
@@ -1176,11 +1176,8 @@ def _hash(data: str | bytes) -> str:
 
 
 def _outcome(error: BaseException | None) -> tuple[str, str | None]:
-    if error is None:
-        return "succeeded", None
-    status = "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"
-    message = str(error)
-    return status, f"{type(error).__name__}: {message}" if message else type(error).__name__
+    text = None if error is None else _describe.describe(error, limit=None)
+    return _describe.status(error), text
 
 
 def _show(args: Sequence[Any], kwargs: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _checks
+from ._describe import describe
 from ._lazy import lazy_module
 from ._remote import WORKER_PROCESS, UnnamedError, call_remote
 
@@ -64,11 +65,6 @@ class RemoteTraceback(Exception):
         return self.text
 
 
-def _described(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__qualname__}: {text}" if text else type(exc).__qualname__
-
-
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__qualname__
 
@@ -88,9 +84,9 @@ def work(payload: bytes) -> tuple[int, Any]:
     except BaseException as exc:  # KeyboardInterrupt and SystemExit go back as they are too
         text = "".join(traceback.format_exception(exc))
         try:
-            return _RAISED, (pickle.dumps(exc), _described(exc), text)
+            return _RAISED, (pickle.dumps(exc), describe(exc, limit=None), text)
         except Exception as problem:
-            return _ERROR_UNPICKLABLE, (_reason(problem), _described(exc), text)
+            return _ERROR_UNPICKLABLE, (_reason(problem), describe(exc, limit=None), text)
     try:
         return _RETURNED, pickle.dumps(result)
     except Exception as problem:
