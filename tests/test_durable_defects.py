@@ -108,3 +108,26 @@ def test_a_failed_run_raises_its_own_error_when_the_journal_cannot_record_it(
         orch.run_sync(body, run_id="r")
     (note,) = caught.value.__notes__
     assert note.startswith("the journal could not record how run 'r' ended: ")
+
+
+def test_a_nested_call_whose_result_cannot_be_recorded_is_not_run_again_by_its_retried_caller(
+    tmp_path: Path,
+) -> None:
+    orch = Orchestrator(journal=tmp_path / "runs.db")
+    sent: list[str] = []
+
+    @orch.action
+    async def send_email(to: str) -> set[str]:
+        sent.append(to)
+        return {to}  # a set: JSON cannot record it
+
+    @orch.action(retry=RetryPolicy(retries=3, delay=0))
+    async def notify(to: str) -> None:
+        await send_email(to)
+
+    async def body() -> None:
+        await notify("ada@example.com")
+
+    with pytest.raises(JournalError, match="cannot record the result of action 'send_email'"):
+        orch.run_sync(body, run_id="r")
+    assert sent == ["ada@example.com"]

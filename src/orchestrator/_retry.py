@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TypeAlias
 
 from . import _checks
+from ._errors import JournalError
 
 RetryOn: TypeAlias = (
     type[Exception] | tuple[type[Exception], ...] | Callable[[Exception], bool | float]
@@ -38,12 +39,12 @@ class RetryPolicy:
             predicate taking the exception. A predicate returns True or False, or a number of
             seconds to wait before the retry instead of the schedule (for example, from a
             ``Retry-After`` header). Only ``Exception`` subclasses are ever retried:
-            cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are. ``RecursionError``
-            and ``concurrent.futures.CancelledError`` (work cancelled where it ran, such as
-            Dask's ``FutureCancelledError``) are retried only when ``retry_on`` names them (or a
-            subclass), alone or in a tuple, or a predicate accepts them; a broader type such as
-            ``Exception`` leaves them out. A call with arguments the function cannot accept is
-            never retried, whatever this says.
+            cancellation, ``KeyboardInterrupt`` and ``SystemExit`` never are. ``RecursionError``,
+            ``concurrent.futures.CancelledError`` (work cancelled where it ran, such as Dask's
+            ``FutureCancelledError``) and ``JournalError`` are retried only when ``retry_on``
+            names them (or a subclass), alone or in a tuple, or a predicate accepts them; a
+            broader type such as ``Exception`` leaves them out. A call with arguments the
+            function cannot accept is never retried, whatever this says.
         deadline: A budget in seconds for all attempts and waits of one call together, or
             None. Each attempt's time limit shrinks to what is left of it, and no retry is
             scheduled whose wait would end past it.
@@ -140,14 +141,9 @@ class RetryPolicy:
         if isinstance(retry_on, type | tuple):
             if not isinstance(error, retry_on):
                 return None
-            if isinstance(error, RecursionError) and not _names(retry_on, RecursionError):
-                # Retried, a recursion that went too deep would go as deep again at every
-                # level of nested retried calls: the attempts multiply at each level.
-                return None
-            if isinstance(error, FuturesCancelled) and not _names(retry_on, FuturesCancelled):
-                # Work cancelled where it ran (Dask's FutureCancelledError, say) was stopped on
-                # purpose by whoever runs it; submitting it again would overrule them.
-                return None
+            for kind in _ONLY_WHEN_NAMED:
+                if isinstance(error, kind) and not _names(retry_on, kind):
+                    return None
             return -1.0
         verdict = retry_on(error)
         if isinstance(verdict, bool):
@@ -158,6 +154,21 @@ class RetryPolicy:
             f"retry_on predicate {retry_on!r} must return a bool or a number of seconds >= 0, "
             f"got {verdict!r}"
         )
+
+
+_ONLY_WHEN_NAMED: tuple[type[Exception], ...] = (
+    # Retried, a recursion that went too deep would go as deep again at every level of nested
+    # retried calls: the attempts multiply at each level.
+    RecursionError,
+    # Work cancelled where it ran (Dask's FutureCancelledError, say) was stopped on purpose by
+    # whoever runs it; submitting it again would overrule them.
+    FuturesCancelled,
+    # A journal problem (a value that cannot be recorded, a mismatch with the record, a file
+    # that cannot be written) comes back at every attempt, and a retried caller would run its
+    # nested calls again, against the promise that such a call is never retried.
+    JournalError,
+)
+"""Failures that ``retry_on`` retries only when it names them, not through a broader type."""
 
 
 def _names(retry_on: type[Exception] | tuple[type[Exception], ...], kind: type) -> bool:
