@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, TypeVar
 
-from . import _checks, _describe
+from . import _checks
 from ._errors import JournalError, JournalMismatchError
 from ._lazy import lazy_module
 from ._threads import set_exception, set_result
@@ -1176,6 +1176,8 @@ def _hash(data: str | bytes) -> str:
 
 
 def _outcome(error: BaseException | None) -> tuple[str, str | None]:
+    from . import _describe  # here: only a recorded outcome needs it, not the import
+
     text = None if error is None else _describe.describe(error, limit=None)
     return _describe.status(error), text
 
