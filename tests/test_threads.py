@@ -212,24 +212,22 @@ def test_busy_counts_waiting_and_running_jobs_and_is_zero_once_idle() -> None:
         gate.set()
 
 
-def test_a_forked_child_can_run_a_sync_action() -> None:
-    orch = Orchestrator()
-    work = orch.action(lambda: 42, name="work")
-    # The parent uses the pool first, so the child inherits its counters and idle workers.
-    assert orch.run_sync(work) == 42
+def in_forked_child(child: Callable[[], bool], hang: str) -> None:
+    """Fork, run ``child`` in the child, and fail unless it returns True within 5 s.
 
+    The child never returns into pytest: it exits at once with its outcome as the status.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
         pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
+    if pid == 0:
         code = 1
         try:
-            code = 0 if orch.run_sync(work) == 42 else 3
+            code = 0 if child() else 3
         except BaseException:
             code = 2
         finally:
             os._exit(code)
-
     status: Any = None
     end = time.monotonic() + 5
     while time.monotonic() < end:
@@ -240,8 +238,18 @@ def test_a_forked_child_can_run_a_sync_action() -> None:
     else:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        pytest.fail("the forked child hung running a sync action")
+        pytest.fail(hang)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_forked_child_can_run_a_sync_action() -> None:
+    orch = Orchestrator()
+    work = orch.action(lambda: 42, name="work")
+    # The parent uses the pool first, so the child inherits its counters and idle workers.
+    assert orch.run_sync(work) == 42
+    in_forked_child(
+        lambda: orch.run_sync(work) == 42, "the forked child hung running a sync action"
+    )
 
 
 def test_a_forked_child_can_use_a_pool_whose_worker_was_idle_at_the_fork() -> None:
@@ -254,27 +262,7 @@ def test_a_forked_child_can_use_a_pool_whose_worker_was_idle_at_the_fork() -> No
         await until(lambda: pool.busy() == 0)  # the worker has counted itself idle
 
     asyncio.run(use_and_settle())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() of a threaded process
-        pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            code = 0 if asyncio.run(pool.run(lambda: 7, (), {})) == 7 else 3
-        except BaseException:
-            code = 2
-        finally:
-            os._exit(code)
-
-    status: Any = None
-    end = time.monotonic() + 5
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.01)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        pytest.fail("the forked child hung: it counted the parent's idle worker as its own")
-    assert os.waitstatus_to_exitcode(status) == 0
+    in_forked_child(
+        lambda: asyncio.run(pool.run(lambda: 7, (), {})) == 7,
+        "the forked child hung: it counted the parent's idle worker as its own",
+    )

@@ -13,14 +13,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# distributed comes with the test extra: a missing install fails here rather than skipping.
+import distributed  # noqa: F401
 import pytest
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
-distributed = pytest.importorskip("distributed")
-
-from distributed import Client, LocalCluster  # noqa: E402
-from distributed.diagnostics.plugin import SchedulerPlugin  # noqa: E402
-
-from orchestrator.dask import DaskExecutor  # noqa: E402
+from orchestrator.dask import DaskExecutor
 
 
 class Submissions(SchedulerPlugin):

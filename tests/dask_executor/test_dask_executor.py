@@ -11,16 +11,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# distributed comes with the test extra: a missing install fails here rather than skipping.
+import distributed
 import pytest
+from distributed import Client, Future, LocalCluster
+from distributed.client import FutureCancelledError
 
-distributed = pytest.importorskip("distributed")
-
-from distributed import Client, Future, LocalCluster  # noqa: E402
-from distributed.client import FutureCancelledError  # noqa: E402
-
-from orchestrator import ActionTimeout, Orchestrator, OutsideRunError, RetryPolicy  # noqa: E402
-from orchestrator.dask import DaskExecutor  # noqa: E402
-from orchestrator.testing import EventRecorder  # noqa: E402
+from orchestrator import ActionTimeout, Orchestrator, OutsideRunError, RetryPolicy
+from orchestrator.dask import DaskExecutor
+from orchestrator.testing import EventRecorder
 
 Waiter = Callable[[Callable[[], bool], str], None]
 

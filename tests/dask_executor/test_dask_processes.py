@@ -10,17 +10,17 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
+
+# distributed comes with the test extra: a missing install fails here rather than skipping.
+import distributed  # noqa: F401
 import pytest
+from distributed import Client, LocalCluster
+from distributed.scheduler import KilledWorker
 
-distributed = pytest.importorskip("distributed")
-
-import dask  # noqa: E402
-from distributed import Client, LocalCluster  # noqa: E402
-from distributed.scheduler import KilledWorker  # noqa: E402
-
-from orchestrator import Orchestrator, OutsideRunError, RetryPolicy  # noqa: E402
-from orchestrator.dask import DaskExecutor  # noqa: E402
-from orchestrator.testing import EventRecorder  # noqa: E402
+from orchestrator import Orchestrator, OutsideRunError, RetryPolicy
+from orchestrator.dask import DaskExecutor
+from orchestrator.testing import EventRecorder
 
 orch = Orchestrator().set_state("user", "ada")
 
